@@ -1,0 +1,196 @@
+"""The coordinator's job state machine.
+
+submitted -> (every party accepts) -> running -> (every party reports the same table) -> released
+          -> (a party refuses, fails, disconnects, or time runs out)             -> failed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from jointstats.protocols import FederationView, Plan, parse_job
+
+from jointstats.errors import JobError
+from jointstats.jobs import canonical_json, parse_job_bytes
+from jointstats.keys import Roster
+from jointstats.v1 import wire_pb2
+
+from .relay import Relay
+from .store import JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeConn:
+    """A node's open Connect stream."""
+
+    name: str
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    datasets: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ActiveJob:
+    record: JobRecord
+    plan: Plan
+    min_cell: int
+    floors: dict[str, int] = field(default_factory=dict)
+    results: dict[str, bytes] = field(default_factory=dict)
+    session_id: str = ""
+    deadline: asyncio.TimerHandle | None = None
+
+
+class JobManager:
+    def __init__(self, store: JobStore, roster: Roster, relay: Relay, job_timeout: float) -> None:
+        self.store, self.roster, self.relay = store, roster, relay
+        self.job_timeout = job_timeout
+        self.nodes: dict[str, NodeConn] = {}
+        self.active: dict[str, ActiveJob] = {}
+
+    def view(self) -> FederationView:
+        return FederationView(
+            roles={m.name: m.role for m in self.roster.members.values()},
+            online=set(self.nodes),
+            datasets={n: set(c.datasets) for n, c in self.nodes.items()},
+        )
+
+    def _send(self, node: str, message: wire_pb2.CoordinatorMessage) -> None:
+        conn = self.nodes.get(node)
+        if conn is not None:
+            conn.outbox.put_nowait(message)
+
+    def submit(self, job_json: bytes, analyst: str) -> str:
+        doc = parse_job_bytes(job_json)
+        protocol, job = parse_job(doc)
+        plan = protocol.plan(job, self.view())
+        record = JobRecord(uuid.uuid4().hex[:16], canonical_json(doc), analyst)
+        record.nodes = {p: {"state": "offered", "reason": ""} for p in plan.parties}
+        self.store.save(record)
+        active = ActiveJob(record, plan, protocol.min_cell(job))
+        self.active[record.job_id] = active
+        active.deadline = asyncio.get_running_loop().call_later(
+            self.job_timeout, self._expire, record.job_id
+        )
+        offer = wire_pb2.JobOffer(
+            job_id=record.job_id, job_json=record.job_json, parties=list(plan.parties)
+        )
+        for party in plan.parties:
+            self._send(party, wire_pb2.CoordinatorMessage(offer=offer))
+        log.info("JOB_SUBMITTED job=%s analyst=%s parties=%s", record.job_id, analyst, plan.parties)
+        return record.job_id
+
+    def _expire(self, job_id: str) -> None:
+        active = self.active.get(job_id)
+        if active is None:
+            return
+        waiting = [n for n, s in active.record.nodes.items() if s["state"] not in ("done",)]
+        self.fail(
+            job_id, f"timed out after {self.job_timeout:.0f} s waiting for {', '.join(waiting)}"
+        )
+
+    def _set_node(self, active: ActiveJob, node: str, state: str, reason: str = "") -> None:
+        active.record.nodes[node] = {"state": state, "reason": reason}
+        self.store.save(active.record)
+
+    def on_decision(self, node: str, decision: wire_pb2.JobDecision) -> None:
+        active = self.active.get(decision.job_id)
+        if active is None or node not in active.record.nodes:
+            return
+        if not decision.accept:
+            self._set_node(active, node, "refused", decision.reason)
+            self.fail(decision.job_id, f"node {node} refused: {decision.reason}", culprit=node)
+            return
+        active.floors[node] = decision.min_cell_floor
+        self._set_node(active, node, "accepted")
+        if len(active.floors) == len(active.plan.parties):
+            self._start_session(active)
+
+    def _start_session(self, active: ActiveJob) -> None:
+        active.session_id = uuid.uuid4().hex
+        min_cell = max([active.min_cell, *active.floors.values()])
+        self.relay.open(active.session_id, active.record.job_id, active.plan.parties)
+        start = wire_pb2.SessionStart(
+            job_id=active.record.job_id,
+            session_id=active.session_id,
+            parties=list(active.plan.parties),
+            min_cell=min_cell,
+            data_parties=list(active.plan.data_parties),
+        )
+        active.record.state = "running"
+        self.store.save(active.record)
+        for party in active.plan.parties:
+            self._send(party, wire_pb2.CoordinatorMessage(start=start))
+        log.info("SESSION_STARTED job=%s session=%s", active.record.job_id, active.session_id)
+
+    def on_report(self, node: str, report: wire_pb2.SessionReport) -> None:
+        active = self.active.get(report.job_id)
+        if active is None or node not in active.record.nodes:
+            return
+        if report.state == "failed":
+            self._set_node(active, node, "failed", report.reason)
+            self.fail(report.job_id, f"node {node}: {report.reason}", culprit=node)
+        elif report.state == "running":
+            self._set_node(active, node, "running")
+        elif report.state == "done":
+            active.results[node] = report.result_json
+            self._set_node(active, node, "done")
+            if len(active.results) == len(active.plan.parties):
+                self._release(active)
+
+    def _release(self, active: ActiveJob) -> None:
+        tables = {n: json.loads(r) for n, r in active.results.items()}
+        first = tables[active.plan.parties[0]]
+        if any(
+            (t["columns"], t["rows"]) != (first["columns"], first["rows"]) for t in tables.values()
+        ):
+            self.fail(active.record.job_id, "parties reported different tables; result withheld")
+            return
+        first["metadata"]["timings_by_node"] = {
+            n: t["metadata"].get("timings", {}) for n, t in tables.items()
+        }
+        active.record.result_json = json.dumps(first).encode()
+        active.record.state = "released"
+        self._finish(active)
+        log.info("RESULT_RELEASED job=%s", active.record.job_id)
+
+    def fail(self, job_id: str, reason: str, culprit: str | None = None) -> None:
+        active = self.active.get(job_id)
+        if active is None:
+            return
+        active.record.state, active.record.reason = "failed", reason
+        abort = wire_pb2.SessionAbort(job_id=job_id, reason=reason)
+        for party in active.plan.parties:
+            if party != culprit:
+                self._send(party, wire_pb2.CoordinatorMessage(abort=abort))
+        self._finish(active)
+        log.warning("JOB_FAILED job=%s reason=%s", job_id, reason)
+
+    def _finish(self, active: ActiveJob) -> None:
+        if active.deadline is not None:
+            active.deadline.cancel()
+        if active.session_id:
+            self.relay.close(active.session_id)
+        self.store.save(active.record)
+        self.active.pop(active.record.job_id, None)
+
+    def on_disconnect(self, node: str, conn: NodeConn) -> None:
+        if self.nodes.get(node) is conn:
+            del self.nodes[node]
+        for job_id, active in list(self.active.items()):
+            if node in active.plan.parties:
+                self.fail(job_id, f"node {node} disconnected during the job", culprit=node)
+
+    def status(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None:
+            raise JobError(f"no job with id {job_id}")
+        return record
+
+    def info(self) -> dict[str, Any]:
+        return {"nodes": sorted(self.nodes), "active": sorted(self.active)}

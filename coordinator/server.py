@@ -1,0 +1,164 @@
+"""The coordinator's gRPC service: job intake, node streams and the MPC relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from jointstats.config import CoordinatorConfig
+from jointstats.errors import JobError, JointstatsError
+from jointstats.keys import Identity, Roster
+from jointstats.transport import SERVER_OPTIONS, server_credentials
+from jointstats.v1 import wire_pb2, wire_pb2_grpc
+
+from .auth import RosterAuth, current_caller
+from .jobs import JobManager, NodeConn
+from .relay import CLOSE, Relay
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
+    def __init__(self, jobs: JobManager, relay: Relay) -> None:
+        self.jobs, self.relay = jobs, relay
+
+    async def Submit(self, request, context):  # noqa: N802 (gRPC names)
+        try:
+            job_id = self.jobs.submit(request.job_json, current_caller().name)
+        except JointstatsError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        return wire_pb2.SubmitReply(job_id=job_id)
+
+    async def GetStatus(self, request, context):  # noqa: N802
+        try:
+            record = self.jobs.status(request.job_id)
+        except JobError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        nodes = [
+            wire_pb2.NodeState(node=n, state=s["state"], reason=s["reason"])
+            for n, s in record.nodes.items()
+        ]
+        return wire_pb2.JobStatus(
+            job_id=record.job_id,
+            state=record.state,
+            reason=record.reason,
+            nodes=nodes,
+            submitted_at=record.submitted_at,
+            updated_at=record.updated_at,
+        )
+
+    async def GetResult(self, request, context):  # noqa: N802
+        try:
+            record = self.jobs.status(request.job_id)
+        except JobError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if record.state == "failed":
+            await context.abort(grpc.StatusCode.ABORTED, f"job failed: {record.reason}")
+        if record.state != "released":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "job has no result yet")
+        return wire_pb2.ResultReply(job_id=record.job_id, result_json=record.result_json)
+
+    async def ListNodes(self, request, context):  # noqa: N802
+        view = self.jobs.view()
+        nodes = [
+            wire_pb2.NodeInfo(
+                name=name,
+                role=role,
+                online=name in view.online,
+                datasets=sorted(view.datasets.get(name, ())),
+            )
+            for name, role in sorted(view.roles.items())
+            if role in ("node", "compute")
+        ]
+        return wire_pb2.ListNodesReply(nodes=nodes)
+
+    async def Connect(self, request_iterator, context):  # noqa: N802
+        name = current_caller().name
+        conn = NodeConn(name)
+        reader = asyncio.create_task(self._read_node(name, conn, request_iterator))
+        try:
+            while True:
+                getter = asyncio.create_task(conn.outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when="FIRST_COMPLETED")
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield getter.result()
+        finally:
+            reader.cancel()
+            self.jobs.on_disconnect(name, conn)
+            log.info("NODE_DISCONNECTED node=%s", name)
+
+    async def _read_node(self, name: str, conn: NodeConn, request_iterator) -> None:
+        async for message in request_iterator:
+            kind = message.WhichOneof("kind")
+            if kind == "hello":
+                conn.datasets = set(message.hello.datasets)
+                old = self.jobs.nodes.get(name)
+                self.jobs.nodes[name] = conn
+                if old is not None and old is not conn:
+                    self.jobs.on_disconnect(name, old)
+                    self.jobs.nodes[name] = conn
+                log.info("NODE_CONNECTED node=%s datasets=%s", name, sorted(conn.datasets))
+            elif kind == "decision":
+                self.jobs.on_decision(name, message.decision)
+            elif kind == "report":
+                self.jobs.on_report(name, message.report)
+
+    async def Relay(self, request_iterator, context):  # noqa: N802
+        name = current_caller().name
+        try:
+            hello = await anext(request_iterator)
+            session, pid = self.relay.join(hello, name)
+        except (StopAsyncIteration, JointstatsError) as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc) or "empty relay")
+        inbox = session.inbox(pid)
+        pump = asyncio.create_task(self._pump(session, pid, request_iterator))
+        try:
+            while (frame := await inbox.get()) is not CLOSE:
+                yield frame
+        finally:
+            pump.cancel()
+
+    async def _pump(self, session, pid: int, request_iterator) -> None:
+        try:
+            async for frame in request_iterator:
+                self.relay.route(session, pid, frame)
+        except JointstatsError as exc:
+            self.jobs.fail(
+                session.job_id, f"relay refused a frame from {session.parties[pid]}: {exc}"
+            )
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    roster = Roster.load(config.roster)
+    identity = Identity.load(config.keys)
+    store = JobStore(config.db)
+    failed = store.fail_unfinished("the coordinator restarted while the job was in flight")
+    if failed:
+        log.warning("marked %d unfinished job(s) failed after restart", failed)
+    relay = Relay()
+    jobs = JobManager(store, roster, relay, config.job_timeout)
+    server = grpc.aio.server(interceptors=[RosterAuth(roster)], options=SERVER_OPTIONS)
+    wire_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(jobs, relay), server)
+    port = server.add_secure_port(config.listen, server_credentials(identity, roster))
+    if port == 0:
+        raise JointstatsError(f"cannot listen on {config.listen}")
+    await server.start()
+    log.info("COORDINATOR_STARTED listen=%s port=%d", config.listen, port)
+    if config.port_file is not None:
+        tmp = Path(str(config.port_file) + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(config.port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=2.0)
+    store.close()

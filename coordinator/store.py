@@ -1,0 +1,93 @@
+"""The coordinator's job store (SQLite): job records survive a restart."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    job_json BLOB NOT NULL,
+    submitted_by TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    nodes_json TEXT NOT NULL DEFAULT '{}',
+    result_json BLOB,
+    submitted_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+TERMINAL = ("released", "failed")
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    job_json: bytes
+    submitted_by: str
+    state: str = "submitted"
+    reason: str = ""
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    result_json: bytes | None = None
+    submitted_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(SCHEMA)
+
+    def fail_unfinished(self, reason: str) -> int:
+        """At start-up: jobs that were in flight when the coordinator stopped cannot resume."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? "
+            "WHERE state NOT IN ('released', 'failed')",
+            (reason, time.time()),
+        )
+        return cursor.rowcount
+
+    def save(self, job: JobRecord) -> None:
+        job.updated_at = time.time()
+        self._db.execute(
+            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.job_id,
+                job.job_json,
+                job.submitted_by,
+                job.state,
+                job.reason,
+                json.dumps(job.nodes),
+                job.result_json,
+                job.submitted_at,
+                job.updated_at,
+            ),
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        return JobRecord(
+            job_id=row[0],
+            job_json=row[1],
+            submitted_by=row[2],
+            state=row[3],
+            reason=row[4],
+            nodes=json.loads(row[5]),
+            result_json=row[6],
+            submitted_at=row[7],
+            updated_at=row[8],
+        )
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,240 @@
+"""The `jointstats` command line. Each command is a thin layer over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from jointstats.errors import JointstatsError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator.")
+node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
+keys_app = typer.Typer(no_args_is_help=True, help="Make keys, certificates and rosters.")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(node_app, name="node")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+ClientConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", envvar="JOINTSTATS_CLIENT", help="Analyst client config (TOML)."
+    ),
+]
+
+
+def _serve_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@coordinator_app.command("serve")
+def coordinator_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
+    """Serve the coordinator (gRPC over mutual TLS)."""
+    from jointstats.coordinator.server import serve
+
+    from jointstats.config import CoordinatorConfig
+
+    _serve_logging()
+    asyncio.run(serve(CoordinatorConfig.load(config)))
+
+
+@node_app.command("serve")
+def node_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
+    """Run a node: dial the coordinator, decide on offers, take part in MPC sessions."""
+    from jointstats.node.server import serve
+
+    from jointstats.config import NodeConfig
+
+    _serve_logging()
+    asyncio.run(serve(NodeConfig.load(config)))
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="Member name as it appears in the roster.")],
+    role: Annotated[str, typer.Option(help="coordinator | node | compute | analyst")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the private keys.")],
+    host: Annotated[list[str], typer.Option(help="Host names/IPs for the TLS cert.")] = [],  # noqa: B006
+    address: Annotated[str, typer.Option(help="host:port (coordinator only).")] = "",
+) -> None:
+    """Create a member's keys; share OUT/member.toml (public) with the roster keeper."""
+    from jointstats.keys import new_member
+
+    member = new_member(out_dir, name, role, host or None, address)
+    out.print(f"{member.name} ({member.role}) fingerprint {member.fingerprint}")
+    out.print(f"public entry: {out_dir / 'member.toml'}  (private keys stay in {out_dir})")
+
+
+@keys_app.command("roster")
+def keys_roster(
+    members: Annotated[list[Path], typer.Argument(help="member.toml files to include.")],
+    out_file: Annotated[Path, typer.Option("--out")] = Path("roster.toml"),
+) -> None:
+    """Assemble a roster from members' public entries."""
+    from jointstats.keys import Roster, load_member
+
+    roster = Roster()
+    for path in members:
+        member = load_member(path)
+        roster.members[member.name] = member
+    roster.coordinator  # noqa: B018 (raises when missing)
+    roster.save(out_file)
+    keys_show(out_file)
+
+
+@keys_app.command("show")
+def keys_show(roster_file: Annotated[Path, typer.Argument()]) -> None:
+    """Print a roster's members and certificate fingerprints, for operators to compare."""
+    from rich.table import Table
+
+    from jointstats.keys import Roster
+
+    table = Table("name", "role", "fingerprint (SHA-256 of the TLS certificate)")
+    for member in Roster.load(roster_file).members.values():
+        table.add_row(member.name, member.role, member.fingerprint)
+    out.print(table)
+
+
+def _client(config: Path):
+    from jointstats.client import Client
+
+    return Client.from_config(config)
+
+
+@app.command()
+def submit(
+    job: Annotated[Path, typer.Argument(help="Job file (TOML or JSON).")],
+    config: ClientConfigOption = Path("client.toml"),
+    wait: Annotated[bool, typer.Option(help="Wait and print the result.")] = False,
+) -> None:
+    """Submit a job; prints its id."""
+    with _client(config) as client:
+        job_id = client.submit(job)
+        out.print(job_id)
+        if wait:
+            _show_result(_follow(client, job_id))
+
+
+@app.command()
+def status(
+    job_id: str,
+    config: ClientConfigOption = Path("client.toml"),
+    watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+) -> None:
+    """Show a job's state and each node's part in it."""
+    with _client(config) as client:
+        if watch:
+            with contextlib.suppress(JointstatsError):
+                _follow(client, job_id)
+        current = client.status(job_id)
+    out.print(f"job {current.job_id}: [bold]{current.state}[/bold] {current.reason}")
+    for node, (state, reason) in current.nodes.items():
+        out.print(f"  {node:<16} {state:<10} {reason}")
+    if current.state == "failed":
+        raise typer.Exit(9)
+
+
+@app.command()
+def result(
+    job_id: str,
+    out_file: Annotated[Path | None, typer.Option("--out", help=".csv, .json or .parquet")] = None,
+    config: ClientConfigOption = Path("client.toml"),
+) -> None:
+    """Fetch a released table."""
+    with _client(config) as client:
+        released = client.result(job_id)
+    _show_result(released)
+    if out_file is not None:
+        released.write(out_file)
+
+
+def _follow(client, job_id: str):
+    from jointstats.progress import follow_job
+
+    return follow_job(client, job_id, err)
+
+
+def _show_result(released) -> None:
+    from jointstats.progress import print_result
+
+    print_result(out, released)
+
+
+@app.command()
+def local(
+    job: Annotated[Path, typer.Argument(help="Job file (TOML or JSON).")],
+    node: Annotated[
+        list[str],
+        typer.Option("--node", help="NAME=PATH (dataset = file stem) or NAME (compute-only)."),
+    ],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the table as CSV.")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep each node's state under DIR/NAME/.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 600.0,
+) -> None:
+    """Run one job through the real stack (processes, gRPC, TLS, MPC) on loopback."""
+    from jointstats.jobs import load_job_file
+    from jointstats.local import LocalFederation, LocalNode, parse_node_option
+    from jointstats.progress import follow_job, print_result
+
+    doc = load_job_file(job)
+    nodes: dict[str, LocalNode] = {}
+    for option in node:
+        parse_node_option(option, nodes)
+    with err.status("starting coordinator and nodes"):
+        federation = LocalFederation(list(nodes.values()), workdir, session_timeout=timeout)
+        federation.__enter__()
+    try:
+        assert federation.client is not None
+        job_id = federation.client.submit(doc)
+        released = follow_job(federation.client, job_id, err, timeout)
+    finally:
+        federation.__exit__(None, None, None)
+    print_result(out, released)
+    if out_file is not None:
+        released.write(out_file)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path | None, typer.Option(help="Keep data and node state here.")] = None,
+    rows: Annotated[int, typer.Option(help="Rows per agency.")] = 20_000,
+) -> None:
+    """Synthetic data, a federation on loopback, released tables beside the plaintext truth."""
+    from jointstats.demo import run_demo
+
+    run_demo(out, err, workdir, rows)
+
+
+def main() -> None:
+    try:
+        app()
+    except JointstatsError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback on request
+        if os.environ.get("JOINTSTATS_DEBUG"):
+            raise
+        err.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+            "(set JOINTSTATS_DEBUG=1 for details)"
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

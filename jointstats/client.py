@@ -1,0 +1,121 @@
+"""The analyst's Python client: submit jobs, follow them, fetch results as pandas."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from jointstats.config import ClientConfig
+from jointstats.errors import JobFailed, JointstatsError, SessionTimeout, from_rpc_error
+from jointstats.jobs import canonical_json, load_job_file
+from jointstats.keys import Identity, Roster
+from jointstats.results import Result
+from jointstats.transport import channel_credentials, channel_options
+from jointstats.v1 import wire_pb2, wire_pb2_grpc
+
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: str
+    reason: str
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("released", "failed")
+
+
+class Client:
+    """Talks to a coordinator as an analyst (mutual TLS with the analyst's roster certificate)."""
+
+    def __init__(self, coordinator: str, roster: Path, keys: Path, timeout: float = 30.0) -> None:
+        identity = Identity.load(keys)
+        self._channel = grpc.secure_channel(
+            coordinator,
+            channel_credentials(identity, Roster.load(roster)),
+            options=channel_options(),
+        )
+        self._stub = wire_pb2_grpc.CoordinatorStub(self._channel)
+        self._timeout = timeout
+
+    @classmethod
+    def from_config(cls, path: Path) -> Client:
+        config = ClientConfig.load(path)
+        return cls(config.coordinator, config.roster, config.keys)
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def submit(self, job: dict[str, Any] | Path | str) -> str:
+        doc = job if isinstance(job, dict) else load_job_file(Path(job))
+        reply = self._call("Submit", wire_pb2.SubmitRequest(job_json=canonical_json(doc)))
+        return reply.job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        reply = self._call("GetStatus", wire_pb2.StatusRequest(job_id=job_id))
+        nodes = {n.node: (n.state, n.reason) for n in reply.nodes}
+        return JobStatus(reply.job_id, reply.state, reply.reason, nodes)
+
+    def result(self, job_id: str) -> Result:
+        reply = self._call("GetResult", wire_pb2.ResultRequest(job_id=job_id))
+        return Result.from_json(reply.result_json)
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 600.0,
+        on_status: Callable[[JobStatus], None] | None = None,
+    ) -> Result:
+        """Block until the job is released (return its result) or failed (raise JobFailed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if on_status is not None:
+                on_status(status)
+            if status.state == "released":
+                return self.result(job_id)
+            if status.state == "failed":
+                raise JobFailed(f"job {job_id} failed: {status.reason}")
+            if time.monotonic() > deadline:
+                raise SessionTimeout(f"job {job_id} still {status.state} after {timeout:.0f} s")
+            time.sleep(POLL_SECONDS)
+
+    def run(self, job: dict[str, Any] | Path | str, timeout: float = 600.0) -> Result:
+        return self.wait(self.submit(job), timeout)
+
+    def nodes(self) -> list[wire_pb2.NodeInfo]:
+        return list(self._call("ListNodes", wire_pb2.ListNodesRequest()).nodes)
+
+    def wait_for_nodes(self, names: list[str], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                online = {n.name for n in self.nodes() if n.online}
+            except JointstatsError:
+                online = set()
+            if set(names) <= online:
+                return
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(set(names) - online))
+                raise SessionTimeout(f"node(s) {missing} did not connect within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,125 @@
+"""Configuration files of the coordinator, a node and an analyst client (TOML).
+
+Relative paths in a file are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jointstats.errors import ConfigError
+
+DEFAULT_MIN_CELL_FLOOR = 5
+DEFAULT_SESSION_TIMEOUT = 300.0
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+
+
+def _path(doc: dict[str, Any], key: str, base: Path, source: Path) -> Path:
+    if key not in doc:
+        raise ConfigError(f"config {source} lacks `{key}`")
+    return (base / str(doc[key])).resolve()
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str
+    roster: Path
+    keys: Path
+    db: Path
+    port_file: Path | None = None
+    job_timeout: float = DEFAULT_SESSION_TIMEOUT + 60
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorConfig:
+        doc, base = _read(path), Path(path).resolve().parent
+        return cls(
+            listen=str(doc.get("listen", "127.0.0.1:50051")),
+            roster=_path(doc, "roster", base, path),
+            keys=_path(doc, "keys", base, path),
+            db=(base / doc.get("db", "coordinator.sqlite")).resolve(),
+            port_file=(base / doc["port_file"]).resolve() if "port_file" in doc else None,
+            job_timeout=float(doc.get("job_timeout", DEFAULT_SESSION_TIMEOUT + 60)),
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What this node agrees to. Later issues extend it (analysts, columns, budgets)."""
+
+    min_cell: int = DEFAULT_MIN_CELL_FLOOR
+    kinds: tuple[str, ...] = ("crosstab", "linked_crosstab")
+    max_cells: int = 100_000
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], source: Path) -> Policy:
+        min_cell = doc.get("min_cell", DEFAULT_MIN_CELL_FLOOR)
+        if not isinstance(min_cell, int) or min_cell < 1:
+            raise ConfigError(f"{source}: policy min_cell must be a whole number >= 1")
+        return cls(
+            min_cell=min_cell,
+            kinds=tuple(doc.get("kinds", cls.kinds)),
+            max_cells=int(doc.get("max_cells", cls.max_cells)),
+        )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    coordinator: str
+    roster: Path
+    keys: Path
+    state_dir: Path
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    max_sessions: int = 4
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        doc, base = _read(path), Path(path).resolve().parent
+        if "name" not in doc:
+            raise ConfigError(f"config {path} lacks `name`")
+        datasets: dict[str, dict[str, Any]] = {}
+        for name, entry in doc.get("datasets", {}).items():
+            entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+            if "path" in entry:
+                entry["path"] = str((base / entry["path"]).resolve())
+            datasets[name] = entry
+        return cls(
+            name=str(doc["name"]),
+            coordinator=str(doc.get("coordinator", "127.0.0.1:50051")),
+            roster=_path(doc, "roster", base, path),
+            keys=_path(doc, "keys", base, path),
+            state_dir=(base / doc.get("state_dir", ".")).resolve(),
+            datasets=datasets,
+            policy=Policy.from_doc(doc.get("policy", {}), path),
+            session_timeout=float(doc.get("session_timeout", DEFAULT_SESSION_TIMEOUT)),
+            max_sessions=int(doc.get("max_sessions", 4)),
+        )
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    coordinator: str
+    roster: Path
+    keys: Path
+
+    @classmethod
+    def load(cls, path: Path) -> ClientConfig:
+        doc, base = _read(path), Path(path).resolve().parent
+        return cls(
+            coordinator=str(doc.get("coordinator", "127.0.0.1:50051")),
+            roster=_path(doc, "roster", base, path),
+            keys=_path(doc, "keys", base, path),
+        )

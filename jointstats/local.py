@@ -1,0 +1,171 @@
+"""A whole federation on loopback: a coordinator process and one process per node, fresh keys
+and certificates, mutual TLS, MPC through the relay. Used by `jointstats local`, the demo,
+the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from jointstats.client import Client
+from jointstats.errors import ConfigError, PeerError
+from jointstats.keys import Roster, new_member
+
+START_SECONDS = 60.0
+
+
+@dataclass
+class LocalNode:
+    """A node to run: its datasets (name -> file); none makes it a compute-only node."""
+
+    name: str
+    datasets: dict[str, Path] = field(default_factory=dict)
+    policy: dict = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return "node" if self.datasets else "compute"
+
+
+def parse_node_option(option: str, nodes: dict[str, LocalNode]) -> None:
+    """`NAME=PATH` serves PATH as the dataset named by its stem; `NAME` is compute-only."""
+    name, _, path = option.partition("=")
+    name = name.strip()
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--node {option!r}: give NAME=PATH or NAME (letters, digits, - and _)")
+    node = nodes.setdefault(name, LocalNode(name))
+    if path:
+        file = Path(path).expanduser().resolve()
+        if not file.is_file():
+            raise ConfigError(f"--node {option}: no such file {path}")
+        node.datasets[file.stem] = file
+
+
+class LocalFederation:
+    def __init__(
+        self, nodes: list[LocalNode], workdir: Path | None = None, session_timeout: float = 300.0
+    ) -> None:
+        if len({n.name for n in nodes}) != len(nodes):
+            raise ConfigError("each --node name must be different")
+        self.nodes = nodes
+        self._keep = workdir is not None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="jointstats-"))
+        self.session_timeout = session_timeout
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.client: Client | None = None
+
+    def _write_keys(self) -> Roster:
+        roster = Roster()
+        members = [("coordinator", "coordinator")] + [(n.name, n.role) for n in self.nodes]
+        members.append(("analyst", "analyst"))
+        for name, role in members:
+            roster.members[name] = new_member(self.workdir / name / "keys", name, role)
+        roster.save(self.workdir / "roster.toml")
+        return roster
+
+    def _write_configs(self) -> None:
+        coordinator = {
+            "listen": "127.0.0.1:0",
+            "roster": "../roster.toml",
+            "keys": "keys",
+            "db": "coordinator.sqlite",
+            "port_file": "port",
+        }
+        (self.workdir / "coordinator" / "coordinator.toml").write_text(tomli_w.dumps(coordinator))
+
+    def _write_node_config(self, node: LocalNode, address: str) -> Path:
+        config = {
+            "name": node.name,
+            "coordinator": address,
+            "roster": "../roster.toml",
+            "keys": "keys",
+            "state_dir": ".",
+            "session_timeout": self.session_timeout,
+            "datasets": {name: {"path": str(path)} for name, path in node.datasets.items()},
+            "policy": node.policy,
+        }
+        path = self.workdir / node.name / "node.toml"
+        path.write_text(tomli_w.dumps(config))
+        return path
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.workdir / name / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "jointstats.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def _wait_for_port(self) -> str:
+        port_file = self.workdir / "coordinator" / "port"
+        deadline = time.monotonic() + START_SECONDS
+        while not port_file.exists():
+            process = self.processes["coordinator"]
+            if process.poll() is not None:
+                raise PeerError(f"the coordinator exited at start (see {self.log('coordinator')})")
+            if time.monotonic() > deadline:
+                raise PeerError("the coordinator did not start in time")
+            time.sleep(0.02)
+        return f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def log(self, name: str) -> Path:
+        return self.workdir / name / f"{name}.log"
+
+    def start(self) -> LocalFederation:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "coordinator" / "port").unlink(missing_ok=True)
+        self._write_keys()
+        self._write_configs()
+        config = self.workdir / "coordinator" / "coordinator.toml"
+        self._spawn("coordinator", ["coordinator", "serve", "--config", str(config)])
+        self.address = self._wait_for_port()
+        for node in self.nodes:
+            path = self._write_node_config(node, self.address)
+            self._spawn(node.name, ["node", "serve", "--config", str(path)])
+        analyst = self.workdir / "analyst"
+        client_config = {"coordinator": self.address, "roster": "../roster.toml", "keys": "keys"}
+        (analyst / "client.toml").write_text(tomli_w.dumps(client_config))
+        self.client = Client(self.address, self.workdir / "roster.toml", analyst / "keys")
+        self.client.wait_for_nodes([n.name for n in self.nodes], START_SECONDS)
+        return self
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
+        process = self.processes.get(name)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for name in [n.name for n in self.nodes] + ["coordinator"]:
+            self.stop_process(name)
+        if not self._keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

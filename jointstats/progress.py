@@ -1,0 +1,46 @@
+"""Rich rendering for the CLI: live job progress and released tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from jointstats.client import Client, JobStatus
+from jointstats.results import Result
+
+
+def _describe(status: JobStatus) -> str:
+    states = [s for s, _ in status.nodes.values()]
+    counts = {s: states.count(s) for s in dict.fromkeys(states)}
+    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"job {status.job_id} {status.state} ({parts})"
+
+
+def follow_job(client: Client, job_id: str, console: Console, timeout: float = 600.0) -> Result:
+    with console.status(f"job {job_id} submitted") as spinner:
+        return client.wait(job_id, timeout, on_status=lambda s: spinner.update(_describe(s)))
+
+
+def print_result(console: Console, result: Result) -> None:
+    table = Table(*result.table.columns, title=f"job {result.metadata.get('job_id', '')}")
+    for row in result.table.itertuples(index=False):
+        cells = []
+        for value, column in zip(row, result.table.columns, strict=True):
+            if column == "suppressed":
+                cells.append("[yellow]suppressed[/yellow]" if value else "")
+            elif pd.isna(value):
+                cells.append("")
+            else:
+                cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
+        table.add_row(*cells)
+    console.print(table)
+    meta = result.metadata
+    disclosure = meta.get("disclosure", {})
+    console.print(
+        f"inputs: {', '.join(meta.get('inputs', []))}; "
+        f"parties: {', '.join(meta.get('parties', []))}; "
+        f"min_cell {disclosure.get('min_cell')}; suppressed {meta.get('suppressed_cells')} of "
+        f"{meta.get('cells')} cells",
+        highlight=False,
+    )

@@ -1,0 +1,242 @@
+from collections.abc import Iterable as _Iterable
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar
+
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("job_json",)
+    JOB_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_json: bytes
+    def __init__(self, job_json: bytes | None = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: str | None = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: str | None = ...) -> None: ...
+
+class NodeState(_message.Message):
+    __slots__ = ("node", "state", "reason")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    state: str
+    reason: str
+    def __init__(
+        self, node: str | None = ..., state: str | None = ..., reason: str | None = ...
+    ) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "state", "reason", "nodes", "submitted_at", "updated_at")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    reason: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
+    submitted_at: float
+    updated_at: float
+    def __init__(
+        self,
+        job_id: str | None = ...,
+        state: str | None = ...,
+        reason: str | None = ...,
+        nodes: _Iterable[NodeState | _Mapping] | None = ...,
+        submitted_at: float | None = ...,
+        updated_at: float | None = ...,
+    ) -> None: ...
+
+class ResultRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: str | None = ...) -> None: ...
+
+class ResultReply(_message.Message):
+    __slots__ = ("job_id", "result_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    result_json: bytes
+    def __init__(self, job_id: str | None = ..., result_json: bytes | None = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("name", "role", "online", "datasets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    online: bool
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(
+        self,
+        name: str | None = ...,
+        role: str | None = ...,
+        online: bool | None = ...,
+        datasets: _Iterable[str] | None = ...,
+    ) -> None: ...
+
+class ListNodesReply(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Iterable[NodeInfo | _Mapping] | None = ...) -> None: ...
+
+class NodeMessage(_message.Message):
+    __slots__ = ("hello", "decision", "report")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    decision: JobDecision
+    report: SessionReport
+    def __init__(
+        self,
+        hello: Hello | _Mapping | None = ...,
+        decision: JobDecision | _Mapping | None = ...,
+        report: SessionReport | _Mapping | None = ...,
+    ) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, datasets: _Iterable[str] | None = ...) -> None: ...
+
+class JobDecision(_message.Message):
+    __slots__ = ("job_id", "accept", "reason", "min_cell_floor")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MIN_CELL_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    accept: bool
+    reason: str
+    min_cell_floor: int
+    def __init__(
+        self,
+        job_id: str | None = ...,
+        accept: bool | None = ...,
+        reason: str | None = ...,
+        min_cell_floor: int | None = ...,
+    ) -> None: ...
+
+class SessionReport(_message.Message):
+    __slots__ = ("job_id", "state", "reason", "result_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    reason: str
+    result_json: bytes
+    def __init__(
+        self,
+        job_id: str | None = ...,
+        state: str | None = ...,
+        reason: str | None = ...,
+        result_json: bytes | None = ...,
+    ) -> None: ...
+
+class CoordinatorMessage(_message.Message):
+    __slots__ = ("offer", "start", "abort")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    offer: JobOffer
+    start: SessionStart
+    abort: SessionAbort
+    def __init__(
+        self,
+        offer: JobOffer | _Mapping | None = ...,
+        start: SessionStart | _Mapping | None = ...,
+        abort: SessionAbort | _Mapping | None = ...,
+    ) -> None: ...
+
+class JobOffer(_message.Message):
+    __slots__ = ("job_id", "job_json", "parties")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    job_json: bytes
+    parties: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(
+        self,
+        job_id: str | None = ...,
+        job_json: bytes | None = ...,
+        parties: _Iterable[str] | None = ...,
+    ) -> None: ...
+
+class SessionStart(_message.Message):
+    __slots__ = ("job_id", "session_id", "parties", "min_cell", "data_parties")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    MIN_CELL_FIELD_NUMBER: _ClassVar[int]
+    DATA_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    session_id: str
+    parties: _containers.RepeatedScalarFieldContainer[str]
+    min_cell: int
+    data_parties: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(
+        self,
+        job_id: str | None = ...,
+        session_id: str | None = ...,
+        parties: _Iterable[str] | None = ...,
+        min_cell: int | None = ...,
+        data_parties: _Iterable[str] | None = ...,
+    ) -> None: ...
+
+class SessionAbort(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: str | None = ..., reason: str | None = ...) -> None: ...
+
+class RelayFrame(_message.Message):
+    __slots__ = ("session_id", "from_pid", "to_pid", "data", "final")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_PID_FIELD_NUMBER: _ClassVar[int]
+    TO_PID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    from_pid: int
+    to_pid: int
+    data: bytes
+    final: bool
+    def __init__(
+        self,
+        session_id: str | None = ...,
+        from_pid: int | None = ...,
+        to_pid: int | None = ...,
+        data: bytes | None = ...,
+        final: bool | None = ...,
+    ) -> None: ...

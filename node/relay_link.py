@@ -1,0 +1,169 @@
+"""MPyC's peer connections, carried over the coordinator's relay and sealed end to end.
+
+MPyC's runtime needs one object per peer with `send(pc, payload)`, `receive(pc)` (a future),
+`nbytes_sent` and `close_connection()`. PeerLink is that object; RelayLink owns the one gRPC
+Relay stream of this party and demultiplexes frames to the PeerLinks. Messages are sealed
+(jointstats.transport.PairSeal) and cut into chunks under gRPC's message limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+
+import grpc
+
+from jointstats.errors import PeerError
+from jointstats.keys import Identity, Roster
+from jointstats.transport import CHUNK_BYTES, PairSeal, channel_credentials, channel_options
+from jointstats.v1 import wire_pb2, wire_pb2_grpc
+
+MPC, PRSS, BYE = 0, 1, 2
+
+
+class PeerLink:
+    """One peer as MPyC sees it."""
+
+    def __init__(self, link: RelayLink, peer_pid: int, seal: PairSeal) -> None:
+        self._link = link
+        self.peer_pid = peer_pid
+        self.seal = seal
+        self.nbytes_sent = 0
+        self.buffers: dict[int, object] = {}
+        self._chunks: list[bytes] = []
+        self._early: list[bytes] = []  # sealed messages that arrived before we read the handshake
+        self.handshake: asyncio.Future[bytes] = link.loop.create_future()
+        self.prss: asyncio.Future[bytes] = link.loop.create_future()
+        self.bye: asyncio.Future[None] = link.loop.create_future()
+
+    def _send_sealed(self, kind: int, body: bytes) -> None:
+        message = self.seal.seal(bytes([kind]) + body)
+        self.nbytes_sent += len(message)
+        self._link.send_message(self.peer_pid, message)
+
+    def send(self, pc: int, payload: bytes) -> None:
+        self._send_sealed(MPC, struct.pack("<q", pc) + bytes(payload))
+
+    def send_prss(self, keys: bytes) -> None:
+        self._send_sealed(PRSS, keys)
+
+    def send_bye(self) -> None:
+        self._send_sealed(BYE, b"")
+
+    def receive(self, pc: int) -> object:
+        payload = self.buffers.pop(pc, None)
+        if payload is None:
+            payload = self.buffers[pc] = self._link.loop.create_future()
+        return payload
+
+    def close_connection(self) -> None:
+        """Connections belong to the RelayLink; MPyC's call is a no-op here."""
+
+    def on_chunk(self, data: bytes, final: bool) -> None:
+        self._chunks.append(data)
+        if not final:
+            return
+        message, self._chunks = b"".join(self._chunks), []
+        if not self.handshake.done():
+            self.handshake.set_result(message)
+        elif not self.seal.ready:
+            self._early.append(message)
+        else:
+            self._on_sealed(message)
+
+    def accept_handshake(self, hello: bytes, peer_sign_public: bytes) -> None:
+        self.seal.accept_hello(hello, peer_sign_public)
+        early, self._early = self._early, []
+        for message in early:
+            self._on_sealed(message)
+
+    def _on_sealed(self, message: bytes) -> None:
+        plaintext = self.seal.open(message)
+        kind, body = plaintext[0], plaintext[1:]
+        if kind == MPC:
+            self._deliver(struct.unpack_from("<q", body)[0], body[8:])
+        elif kind == PRSS and not self.prss.done():
+            self.prss.set_result(body)
+        elif kind == BYE and not self.bye.done():
+            self.bye.set_result(None)
+        else:
+            raise PeerError(f"party {self.peer_pid} sent an unexpected message type")
+
+    def _deliver(self, pc: int, payload: bytes) -> None:
+        waiting = self.buffers.pop(pc, None)
+        if waiting is None:
+            self.buffers[pc] = payload
+        elif isinstance(waiting, asyncio.Future):
+            waiting.set_result(payload)
+        else:
+            raise PeerError(f"party {self.peer_pid} sent two messages for one step")
+
+
+class RelayLink:
+    """This party's Relay stream to the coordinator, shared by all its PeerLinks."""
+
+    def __init__(
+        self, address: str, identity: Identity, roster: Roster, session_id: str, pid: int
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._address, self._identity, self._roster = address, identity, roster
+        self.session_id, self.pid = session_id, pid
+        self._outbox: asyncio.Queue[wire_pb2.RelayFrame | None] = asyncio.Queue()
+        self.peers: dict[int, PeerLink] = {}
+        self.failed: asyncio.Future[None] = self.loop.create_future()
+        self._channel: grpc.aio.Channel | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def add_peer(self, peer_pid: int) -> PeerLink:
+        link = PeerLink(self, peer_pid, PairSeal(self.session_id, self.pid, peer_pid))
+        self.peers[peer_pid] = link
+        return link
+
+    def send_message(self, to_pid: int, message: bytes) -> None:
+        for start in range(0, max(len(message), 1), CHUNK_BYTES):
+            chunk = message[start : start + CHUNK_BYTES]
+            final = start + CHUNK_BYTES >= len(message)
+            self._outbox.put_nowait(
+                wire_pb2.RelayFrame(
+                    session_id=self.session_id, to_pid=to_pid, data=chunk, final=final
+                )
+            )
+
+    async def _frames(self) -> AsyncIterator[wire_pb2.RelayFrame]:
+        yield wire_pb2.RelayFrame(session_id=self.session_id, from_pid=self.pid, to_pid=-1)
+        while (frame := await self._outbox.get()) is not None:
+            yield frame
+
+    async def open(self) -> None:
+        self._channel = grpc.aio.secure_channel(
+            self._address,
+            channel_credentials(self._identity, self._roster),
+            options=channel_options(),
+        )
+        call = wire_pb2_grpc.CoordinatorStub(self._channel).Relay(self._frames())
+        self._reader = asyncio.create_task(self._read(call))
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for frame in call:
+                peer = self.peers.get(frame.from_pid)
+                if peer is None:
+                    raise PeerError(f"relay delivered a frame from unknown party {frame.from_pid}")
+                peer.on_chunk(frame.data, frame.final)
+            raise PeerError("the coordinator closed the relay stream")
+        except grpc.aio.AioRpcError as exc:
+            self._fail(PeerError(f"relay stream broke: {exc.details() or exc.code().name}"))
+        except Exception as exc:  # any bad frame ends the session, never the node
+            self._fail(exc if isinstance(exc, PeerError) else PeerError(f"bad relay frame: {exc}"))
+
+    def _fail(self, error: Exception) -> None:
+        if not self.failed.done():
+            self.failed.set_exception(error)
+
+    async def close(self) -> None:
+        self._outbox.put_nowait(None)
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._channel is not None:
+            await self._channel.close(grace=1.0)

@@ -1,0 +1,188 @@
+"""A node: dials out to the coordinator, decides on job offers, runs MPC sessions in workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import grpc
+
+from jointstats.config import NodeConfig
+from jointstats.errors import JointstatsError
+from jointstats.keys import Identity, Roster
+from jointstats.transport import channel_credentials, channel_options
+from jointstats.v1 import wire_pb2, wire_pb2_grpc
+
+from .policy import decide
+from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.identity = Identity.load(config.keys)
+        self.roster = Roster.load(config.roster)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = WorkerPool(config.state_dir / "sessions.log")
+        self.outbox: asyncio.Queue[wire_pb2.NodeMessage] = asyncio.Queue()
+        self.sessions: dict[str, asyncio.Task[None]] = {}
+        self.offers: dict[str, Any] = {}
+        self.slots = asyncio.Semaphore(config.max_sessions)
+
+    def _send(self, **kind: Any) -> None:
+        self.outbox.put_nowait(wire_pb2.NodeMessage(**kind))
+
+    async def _messages(self):
+        yield wire_pb2.NodeMessage(hello=wire_pb2.Hello(datasets=sorted(self.config.datasets)))
+        while True:
+            yield await self.outbox.get()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.pool.warm()
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._connect_once(stop)
+                attempt = 0
+            except grpc.aio.AioRpcError as exc:
+                log.warning("coordinator stream ended: %s", exc.details() or exc.code().name)
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    raise JointstatsError(
+                        f"coordinator refused this node: {exc.details()}"
+                    ) from None
+            delay = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        await self._shutdown()
+
+    async def _connect_once(self, stop: asyncio.Event) -> None:
+        self.outbox = asyncio.Queue()
+        async with grpc.aio.secure_channel(
+            self.config.coordinator,
+            channel_credentials(self.identity, self.roster),
+            options=channel_options(),
+        ) as channel:
+            call = wire_pb2_grpc.CoordinatorStub(channel).Connect(self._messages())
+            log.info("connected to coordinator %s", self.config.coordinator)
+            stopper = asyncio.create_task(stop.wait())
+            reader = asyncio.create_task(self._read(call))
+            await asyncio.wait({stopper, reader}, return_when="FIRST_COMPLETED")
+            stopper.cancel()
+            if not reader.done():
+                call.cancel()
+                reader.cancel()
+            elif reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+
+    async def _read(self, call: Any) -> None:
+        async for message in call:
+            kind = message.WhichOneof("kind")
+            if kind == "offer":
+                self._on_offer(message.offer)
+            elif kind == "start":
+                self._on_start(message.start)
+            elif kind == "abort":
+                self._on_abort(message.abort)
+
+    def _on_offer(self, offer: wire_pb2.JobOffer) -> None:
+        decision = decide(self.config, offer.job_json, list(offer.parties))
+        log.info(
+            "JOB_DECIDED job=%s accept=%s reason=%s", offer.job_id, decision.accept, decision.reason
+        )
+        if decision.accept:
+            self.offers[offer.job_id] = offer
+        self._send(
+            decision=wire_pb2.JobDecision(
+                job_id=offer.job_id,
+                accept=decision.accept,
+                reason=decision.reason,
+                min_cell_floor=self.config.policy.min_cell,
+            )
+        )
+
+    def _on_start(self, start: wire_pb2.SessionStart) -> None:
+        offer = self.offers.pop(start.job_id, None)
+        if offer is None:
+            self._report(start.job_id, "failed", "session start for a job this node did not accept")
+            return
+        if start.min_cell < self.config.policy.min_cell:
+            self._report(start.job_id, "failed", "threshold below this node's min_cell floor")
+            return
+        self.sessions[start.job_id] = asyncio.create_task(self._run_session(offer, start))
+
+    def _on_abort(self, abort: wire_pb2.SessionAbort) -> None:
+        self.offers.pop(abort.job_id, None)
+        task = self.sessions.pop(abort.job_id, None)
+        if task is not None:
+            task.cancel()
+            log.info("SESSION_ABORTED job=%s reason=%s", abort.job_id, abort.reason)
+
+    def _report(self, job_id: str, state: str, reason: str = "", result: bytes = b"") -> None:
+        self._send(
+            report=wire_pb2.SessionReport(
+                job_id=job_id, state=state, reason=reason, result_json=result
+            )
+        )
+
+    def _session_spec(self, offer: wire_pb2.JobOffer, start: wire_pb2.SessionStart) -> dict:
+        return {
+            "job_id": start.job_id,
+            "session_id": start.session_id,
+            "job_json": offer.job_json.decode(),
+            "node": self.config.name,
+            "parties": list(start.parties),
+            "data_parties": list(start.data_parties),
+            "min_cell": start.min_cell,
+            "coordinator": self.config.coordinator,
+            "key_dir": str(self.config.keys),
+            "roster": str(self.config.roster),
+            "datasets": self.config.datasets,
+            "timeout": self.config.session_timeout,
+        }
+
+    async def _run_session(self, offer: wire_pb2.JobOffer, start: wire_pb2.SessionStart) -> None:
+        import json
+
+        job_id = start.job_id
+        try:
+            async with self.slots:
+                worker = await self.pool.take()
+                self._report(job_id, "running")
+                try:
+                    answer = await worker.run(
+                        self._session_spec(offer, start), self.config.session_timeout + 30
+                    )
+                finally:
+                    await worker.kill()
+            if answer.get("ok"):
+                self._report(job_id, "done", result=json.dumps(answer["result"]).encode())
+                log.info("SESSION_DONE job=%s", job_id)
+            else:
+                self._report(job_id, "failed", answer.get("error", "session failed"))
+                log.warning("SESSION_FAILED job=%s reason=%s", job_id, answer.get("error"))
+        except JointstatsError as exc:
+            self._report(job_id, "failed", str(exc))
+        finally:
+            self.sessions.pop(job_id, None)
+
+    async def _shutdown(self) -> None:
+        for task in list(self.sessions.values()):
+            task.cancel()
+        await asyncio.gather(*self.sessions.values(), return_exceptions=True)
+        await self.pool.close()
+
+
+async def serve(config: NodeConfig) -> None:
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.run(stop)

@@ -1,0 +1,195 @@
+"""One MPC session in its own process (python -m jointstats.node.session_worker).
+
+The node starts this worker ahead of time (imports are the slow part), then writes one JSON
+session spec to its stdin. The worker runs the protocol's local step and MPC program with MPyC
+over the relay, writes one JSON line to its result pipe, and exits. MPyC is imported here only:
+its runtime is a process-wide global, so one process is one session, and a crash or hang here
+never takes the node down (the node kills this process on timeout).
+
+MPyC is started with `--mix32-64bit` so that secure arrays travel as field bytes instead of
+pickles, and our own start/stop replace `mpc.start()`/`mpc.shutdown()` (the latter unpickles
+peer data through `mpc.transfer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_MPYC_ARGV = ["jointstats-session", "--mix32-64bit", "--no-log"]
+_saved_argv, sys.argv = sys.argv, _MPYC_ARGV
+from mpyc import asyncoro, mpctools, random, secgroups, seclists, secpols, sectypes, statistics  # noqa: E402
+from mpyc import runtime as mpyc_runtime  # noqa: E402
+
+sys.argv = _saved_argv
+
+from jointstats.node.relay_link import RelayLink  # noqa: E402
+from jointstats.node.sources import source_for  # noqa: E402
+from jointstats.protocols import parse_job  # noqa: E402
+from jointstats.protocols.base import SessionContext  # noqa: E402
+
+from jointstats.errors import JointstatsError, PeerError, SessionTimeout  # noqa: E402
+from jointstats.jobs import parse_job_bytes  # noqa: E402
+from jointstats.keys import Identity, Roster  # noqa: E402
+
+log = logging.getLogger(__name__)
+HANDSHAKE_SECONDS = 30.0
+BYE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    job_id: str
+    session_id: str
+    job_json: str
+    node: str
+    parties: list[str]
+    data_parties: list[str]
+    min_cell: int
+    coordinator: str
+    key_dir: str
+    roster: str
+    datasets: dict[str, Any]
+    timeout: float
+
+    @property
+    def pid(self) -> int:
+        return self.parties.index(self.node)
+
+
+def _new_runtime(pid: int, m: int) -> Any:
+    options = mpyc_runtime.mpc.options
+    options.threshold = (m - 1) // 2
+    options.no_async = False  # set for the m = 1 runtime that importing mpyc creates
+    parties = [mpyc_runtime.Party(i) for i in range(m)]
+    rt = mpyc_runtime.Runtime(pid, parties, options)
+    for module in (sectypes, asyncoro, mpctools, seclists, secpols, secgroups, random, statistics):
+        module.runtime = rt
+    return rt
+
+
+async def _connect(rt: Any, link: RelayLink, spec: SessionSpec, identity: Identity) -> None:
+    """Open the relay, authenticate a fresh key with every peer, then exchange PRSS keys."""
+    roster = Roster.load(Path(spec.roster))
+    await link.open()
+    peers = [p for p in range(len(spec.parties)) if p != spec.pid]
+    for peer in peers:
+        link.send_message(peer, link.add_peer(peer).seal.hello(identity))
+    for peer in peers:
+        peer_link = link.peers[peer]
+        hello = await _or_fail(link, peer_link.handshake, HANDSHAKE_SECONDS, spec.parties[peer])
+        peer_link.accept_handshake(hello, roster.get(spec.parties[peer]).sign_public)
+        peer_link.send_prss(b"".join(rt._prss_keys_to_peer(peer)))
+    for peer in peers:
+        peer_link = link.peers[peer]
+        keys = await _or_fail(link, peer_link.prss, HANDSHAKE_SECONDS, spec.parties[peer])
+        if len(keys) != rt._prss_keys_from_peer(peer):
+            raise PeerError(f"{spec.parties[peer]} sent PRSS keys of the wrong size")
+        rt._prss_keys_from_peer(peer, keys)
+        rt.parties[peer].protocol = peer_link
+    rt.start_time = time.time()
+
+
+async def _or_fail(link: RelayLink, awaitable: Any, seconds: float, party: str) -> Any:
+    """Wait for `awaitable`, but stop at once when the relay fails or a peer is silent."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait(
+        {task, link.failed}, timeout=seconds, return_when="FIRST_COMPLETED"
+    )
+    if link.failed in done:
+        task.cancel()
+        link.failed.result()
+    if task not in done:
+        task.cancel()
+        raise SessionTimeout(f"no answer from {party} within {seconds:.0f} s")
+    return task.result()
+
+
+async def _goodbye(link: RelayLink, spec: SessionSpec) -> None:
+    """A barrier so that no party closes while others still expect its messages."""
+    for peer_link in link.peers.values():
+        peer_link.send_bye()
+    for peer, peer_link in link.peers.items():
+        await _or_fail(link, peer_link.bye, BYE_SECONDS, spec.parties[peer])
+
+
+async def run_session(spec: SessionSpec) -> dict[str, Any]:
+    started = time.perf_counter()
+    identity = Identity.load(Path(spec.key_dir))
+    protocol, job = parse_job(parse_job_bytes(spec.job_json.encode()))
+    local = None
+    if spec.node in spec.data_parties:
+        sources = {name: source_for(name, entry) for name, entry in spec.datasets.items()}
+        local = await asyncio.to_thread(protocol.local_step, job, spec.node, sources)
+    timings = {"local": time.perf_counter() - started}
+    rt = _new_runtime(spec.pid, len(spec.parties))
+    link = RelayLink(
+        spec.coordinator, identity, Roster.load(Path(spec.roster)), spec.session_id, spec.pid
+    )
+    try:
+        mark = time.perf_counter()
+        await _connect(rt, link, spec, identity)
+        timings["connect"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        ctx = SessionContext(
+            rt, spec.pid, tuple(spec.parties), tuple(spec.data_parties), spec.min_cell
+        )
+        result = await _or_fail(
+            link, protocol.mpc_program(job, ctx, local), spec.timeout, "the session"
+        )
+        timings["mpc"] = time.perf_counter() - mark
+        await _goodbye(link, spec)
+    finally:
+        await link.close()
+    result["metadata"].update(job_id=spec.job_id, session_id=spec.session_id)
+    result["metadata"].setdefault("timings", {}).update(
+        {k: round(v, 4) for k, v in timings.items()}
+    )
+    return result
+
+
+def _public_error(exc: BaseException) -> tuple[str, str]:
+    """A message safe to send across the node boundary (no microdata, no traceback)."""
+    if isinstance(exc, JointstatsError):
+        return type(exc).__name__, str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "SessionTimeout", "the MPC session timed out"
+    return (
+        "InternalError",
+        f"internal error in the session worker ({type(exc).__name__}); see node log",
+    )
+
+
+def main() -> int:
+    result_pipe = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # MPyC prints to stdout; keep the result pipe clean
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
+    line = sys.stdin.readline()
+    if not line:
+        return 0  # the node shut down before handing us a session
+    try:
+        spec = SessionSpec(**json.loads(line))
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        result = loop.run_until_complete(asyncio.wait_for(run_session(spec), spec.timeout + 30))
+        result_pipe.write(json.dumps({"ok": True, "result": result}) + "\n")
+        code = 0
+    except BaseException as exc:  # report every failure as one line; details stay in the log
+        traceback.print_exc()
+        kind, message = _public_error(exc)
+        result_pipe.write(json.dumps({"ok": False, "type": kind, "error": message}) + "\n")
+        code = 1
+    result_pipe.flush()
+    os._exit(code)  # don't wait for gRPC or MPyC threads
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Session worker processes: started ahead of time, one per MPC session, killed on timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from jointstats.errors import PeerError, SessionTimeout
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """A started `python -m jointstats.node.session_worker`, waiting for its session spec."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, log_path: Path) -> Worker:
+        with open(log_path, "ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "jointstats.node.session_worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+            )
+        return cls(process)
+
+    async def run(self, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Hand the spec over and wait for the one-line answer; kill the process on timeout."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(spec).encode() + b"\n")
+            await self.process.stdin.drain()
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        except TimeoutError:
+            raise SessionTimeout(f"the MPC session did not finish within {timeout:.0f} s") from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise PeerError("the session worker died before it started") from None
+        finally:
+            await self.kill()
+        if not line:
+            raise PeerError("the session worker crashed (see the node's session log)")
+        return json.loads(line)
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+class WorkerPool:
+    """Keeps one warm worker ready so that a session starts without import time."""
+
+    def __init__(self, log_path: Path) -> None:
+        self._log_path = log_path
+        self._spare: asyncio.Task[Worker] | None = None
+
+    def warm(self) -> None:
+        if self._spare is None:
+            self._spare = asyncio.create_task(Worker.start(self._log_path))
+
+    async def take(self) -> Worker:
+        self.warm()
+        assert self._spare is not None
+        spare, self._spare = self._spare, None
+        worker = await spare
+        self.warm()
+        return worker
+
+    async def close(self) -> None:
+        if self._spare is not None:
+            worker = await self._spare
+            self._spare = None
+            await worker.kill()

@@ -1,0 +1,30 @@
+"""Protocol registry: one module per job kind, registered in REGISTRY below."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jointstats.protocols import crosstab
+from jointstats.protocols.base import FederationView, JobProtocol, Plan, SessionContext
+
+from jointstats.errors import JobError
+
+REGISTRY: dict[str, JobProtocol] = {
+    crosstab.PROTOCOL.kind: crosstab.PROTOCOL,
+}
+
+
+def protocol_for(doc: dict[str, Any]) -> JobProtocol:
+    kind = doc.get("kind")
+    if kind not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise JobError(f"unknown job kind {kind!r}; this federation runs: {known}")
+    return REGISTRY[kind]
+
+
+def parse_job(doc: dict[str, Any]) -> tuple[JobProtocol, Any]:
+    protocol = protocol_for(doc)
+    return protocol, protocol.parse(doc)
+
+
+__all__ = ["REGISTRY", "FederationView", "JobProtocol", "Plan", "SessionContext", "parse_job"]

@@ -1,0 +1,67 @@
+"""What a protocol module provides, and the plain data passed between its steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MIN_PARTIES = 3
+
+
+@dataclass(frozen=True)
+class FederationView:
+    """What the coordinator knows when it plans a job: roles, who is online, what they expose."""
+
+    roles: dict[str, str]
+    online: set[str]
+    datasets: dict[str, set[str]]
+
+    def compute_nodes(self) -> list[str]:
+        return sorted(n for n, r in self.roles.items() if r == "compute" and n in self.online)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The parties of one MPC session, in party-id order, and which of them hold input data."""
+
+    parties: tuple[str, ...]
+    data_parties: tuple[str, ...]
+
+
+@dataclass
+class SessionContext:
+    """Given to a protocol's MPC program inside the session worker."""
+
+    runtime: Any  # the mpyc Runtime
+    pid: int
+    parties: tuple[str, ...]
+    data_parties: tuple[str, ...]
+    min_cell: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def pid_of(self, name: str) -> int:
+        return self.parties.index(name)
+
+
+class JobProtocol(Protocol):
+    """The interface every module in protocols/ implements (see protocols/crosstab.py)."""
+
+    kind: str
+
+    def parse(self, doc: dict[str, Any]) -> Any:
+        """Validate a job document; raise JobError with a one-line reason."""
+
+    def plan(self, job: Any, view: FederationView) -> Plan:
+        """Choose the session's parties; raise JobError when the job cannot run."""
+
+    def columns_used(self, job: Any, node: str) -> dict[str, list[str]]:
+        """Datasets and columns of `node` that the job touches (for policy and audit)."""
+
+    def min_cell(self, job: Any) -> int:
+        """The job's own suppression threshold."""
+
+    def local_step(self, job: Any, node: str, sources: dict[str, Any]) -> Any:
+        """Aggregate or prepare this node's data; runs in the session worker."""
+
+    async def mpc_program(self, job: Any, ctx: SessionContext, local: Any) -> dict[str, Any]:
+        """Run the MPC part and return the released result document."""

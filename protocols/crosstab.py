@@ -1,0 +1,289 @@
+"""Pooled cross-tabulation over nodes that hold datasets of the same shape (DESIGN §5.1).
+
+Inputs: each input node's dataset named by the job; the job's `by` columns with declared
+domains (the table's shape is public), optionally a `sum` column with `bounds`.
+Output: one row per cell of the product of the domains, in domain order: the `by` values,
+`count` (and `sum`, `mean`), `suppressed`.
+
+Steps:
+1. Each input node runs one GROUP BY in its engine and maps the groups onto the declared cells;
+   values outside a domain are an error (a count per column, never the values), or map to
+   "other" when the job sets `other = true` in [domains].
+2. The cell vectors are secret-shared (Shamir, MPyC SecInt(64)) into one session of m >= 3
+   parties (compute-only nodes fill up) and added.
+3. Primary suppression inside MPC: b = [count >= k] (or count == 0 with `release_zeros`), b is
+   opened, then only the released cells' count (and sum) are opened.
+
+Threat model: semi-honest, honest majority, t = (m-1)//2 colluding parties.
+Leakage: nothing beyond the released table (including which cells are suppressed) and each
+node's knowledge of its own data. The coordinator sees only ciphertext sizes and timing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
+
+from jointstats.errors import DataError, JobError
+
+MAX_CELLS = 100_000
+SUM_SCALE = 100  # sums travel as integers in hundredths
+OTHER = "other"
+FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "domains", "disclosure"}
+DISCLOSURE_FIELDS = {"min_cell", "release_zeros"}
+
+
+@dataclass(frozen=True)
+class CrosstabJob:
+    dataset: str
+    by: tuple[str, ...]
+    domains: dict[str, tuple[str, ...]]
+    inputs: tuple[str, ...] | None = None
+    sum: str | None = None
+    bounds: tuple[float, float] | None = None
+    min_cell: int = 5
+    release_zeros: bool = False
+    other: bool = False
+
+    @property
+    def cell_domains(self) -> list[tuple[str, ...]]:
+        """Per `by` column, its categories as the table shows them (with "other" if asked)."""
+        extra = (OTHER,) if self.other else ()
+        return [self.domains[c] + extra for c in self.by]
+
+    @property
+    def n_cells(self) -> int:
+        return math.prod(len(d) for d in self.cell_domains)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise JobError(message)
+
+
+def _string_list(value: Any, name: str) -> tuple[str, ...]:
+    _require(
+        isinstance(value, list) and value and all(isinstance(v, str) and v for v in value),
+        f"`{name}` must be a non-empty list of names",
+    )
+    return tuple(value)
+
+
+def _parse_domains(doc: dict[str, Any], by: tuple[str, ...]) -> tuple[dict, bool]:
+    raw = doc.get("domains")
+    _require(isinstance(raw, dict), "the job needs a [domains] table declaring each `by` column")
+    other = raw.get("other", False)
+    _require(isinstance(other, bool), "`other` in [domains] must be true or false")
+    domains: dict[str, tuple[str, ...]] = {}
+    for column in by:
+        values = raw.get(column)
+        _require(
+            isinstance(values, list) and values and all(isinstance(v, (str, int)) for v in values),
+            f"declare the categories of `{column}` in [domains] as a non-empty list",
+        )
+        labels = tuple(str(v) for v in values)
+        _require(len(set(labels)) == len(labels), f"domain of `{column}` lists a value twice")
+        _require(not (other and OTHER in labels), f"domain of `{column}` already has {OTHER!r}")
+        domains[column] = labels
+    return domains, other
+
+
+def _parse_disclosure(doc: dict[str, Any]) -> tuple[int, bool]:
+    disclosure = doc.get("disclosure", {})
+    _require(isinstance(disclosure, dict), "[disclosure] must be a table")
+    unknown = set(disclosure) - DISCLOSURE_FIELDS
+    _require(not unknown, f"unknown field(s) in [disclosure]: {', '.join(sorted(unknown))}")
+    min_cell = disclosure.get("min_cell", 5)
+    _require(
+        isinstance(min_cell, int) and not isinstance(min_cell, bool) and min_cell >= 1,
+        "`min_cell` must be a whole number >= 1",
+    )
+    release_zeros = disclosure.get("release_zeros", False)
+    _require(isinstance(release_zeros, bool), "`release_zeros` must be true or false")
+    return min_cell, release_zeros
+
+
+def _parse_sum(doc: dict[str, Any]) -> tuple[str | None, tuple[float, float] | None]:
+    column = doc.get("sum")
+    if column is None:
+        _require("bounds" not in doc, "`bounds` goes with `sum`")
+        return None, None
+    _require(isinstance(column, str) and column, "`sum` must name one column")
+    bounds = doc.get("bounds")
+    _require(
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)
+        and bounds[0] < bounds[1],
+        "`sum` needs `bounds = [low, high]` with finite low < high (values are clipped to them)",
+    )
+    return column, (float(bounds[0]), float(bounds[1]))
+
+
+class Crosstab:
+    kind = "crosstab"
+
+    def parse(self, doc: dict[str, Any]) -> CrosstabJob:
+        unknown = set(doc) - FIELDS
+        _require(not unknown, f"unknown field(s) in crosstab job: {', '.join(sorted(unknown))}")
+        dataset = doc.get("dataset")
+        _require(isinstance(dataset, str) and dataset, "`dataset` must name the dataset")
+        by = _string_list(doc.get("by"), "by")
+        _require(len(set(by)) == len(by), "`by` names a column twice")
+        inputs = _string_list(doc["inputs"], "inputs") if "inputs" in doc else None
+        domains, other = _parse_domains(doc, by)
+        sum_column, bounds = _parse_sum(doc)
+        _require(sum_column not in by, "`sum` cannot also be a `by` column")
+        min_cell, release_zeros = _parse_disclosure(doc)
+        job = CrosstabJob(
+            dataset, by, domains, inputs, sum_column, bounds, min_cell, release_zeros, other
+        )
+        _require(
+            job.n_cells <= MAX_CELLS, f"the table has {job.n_cells} cells; at most {MAX_CELLS}"
+        )
+        return job
+
+    def plan(self, job: CrosstabJob, view: FederationView) -> Plan:
+        if job.inputs is None:
+            inputs = sorted(n for n in view.online if job.dataset in view.datasets.get(n, ()))
+            _require(bool(inputs), f"no connected node exposes dataset {job.dataset!r}")
+        else:
+            inputs = list(job.inputs)
+            for name in inputs:
+                _require(name in view.roles, f"unknown node {name!r}: it is not in the roster")
+                _require(name in view.online, f"node {name!r} is not connected")
+                _require(
+                    job.dataset in view.datasets.get(name, ()),
+                    f"node {name!r} does not expose dataset {job.dataset!r}",
+                )
+            _require(len(set(inputs)) == len(inputs), "`inputs` names a node twice")
+        helpers = [n for n in view.compute_nodes() if n not in inputs]
+        needed = max(0, MIN_PARTIES - len(inputs))
+        _require(
+            len(helpers) >= needed,
+            f"an MPC session needs at least {MIN_PARTIES} parties; the job has {len(inputs)} "
+            f"input node(s) and {len(helpers)} connected compute-only node(s)",
+        )
+        return Plan(tuple(inputs) + tuple(helpers[:needed]), tuple(inputs))
+
+    def columns_used(self, job: CrosstabJob, node: str) -> dict[str, list[str]]:
+        return {job.dataset: list(job.by) + ([job.sum] if job.sum else [])}
+
+    def min_cell(self, job: CrosstabJob) -> int:
+        return job.min_cell
+
+    def local_step(self, job: CrosstabJob, node: str, sources: dict[str, Any]) -> np.ndarray:
+        """Cell vector of this node: counts, then sums in hundredths when the job asks for a sum."""
+        if job.dataset not in sources:
+            raise DataError(f"node {node} does not serve dataset {job.dataset!r}")
+        source = sources[job.dataset]
+        grouped = source.grouped(list(job.by), job.sum, job.bounds)
+        if grouped.value_nulls or grouped.value_non_numeric:
+            raise DataError(
+                f"dataset {job.dataset}, column {job.sum}: {grouped.value_nulls} empty and "
+                f"{grouped.value_non_numeric} non-numeric values; "
+                "clean them or choose another column"
+            )
+        cells = _cell_indices(job, grouped.keys, grouped.counts, job.dataset)
+        counts = np.zeros(job.n_cells, dtype=np.int64)
+        np.add.at(counts, cells, grouped.counts)
+        if not job.sum:
+            return counts
+        sums = np.zeros(job.n_cells, dtype=np.int64)
+        scaled = np.rint(np.asarray(grouped.sums) * SUM_SCALE).astype(np.int64)
+        np.add.at(sums, cells, scaled)
+        return np.concatenate([counts, sums])
+
+    async def mpc_program(
+        self, job: CrosstabJob, ctx: SessionContext, local: np.ndarray | None
+    ) -> dict[str, Any]:
+        mpc = ctx.runtime
+        secint = mpc.SecInt(64)
+        length = job.n_cells * (2 if job.sum else 1)
+        senders = [ctx.pid_of(n) for n in _inputs(job, ctx)]
+        mine = local if local is not None else np.zeros(length, dtype=np.int64)
+        shared = mpc.input([secint(int(v)) for v in mine], senders=senders)
+        total = [mpc.sum(list(column)) for column in zip(*shared, strict=True)]
+        counts, sums = total[: job.n_cells], total[job.n_cells :]
+        released = [c >= ctx.min_cell for c in counts]
+        if job.release_zeros:
+            released = [r + (c == 0) for r, c in zip(released, counts, strict=True)]
+        flags = [bool(f) for f in await mpc.output(released)]
+        open_idx = [i for i, f in enumerate(flags) if f]
+        opened = await mpc.output([counts[i] for i in open_idx] + [sums[i] for i in open_idx])
+        return _result_table(job, ctx, flags, open_idx, opened)
+
+
+def _inputs(job: CrosstabJob, ctx: SessionContext) -> list[str]:
+    if job.inputs is not None and list(job.inputs) != list(ctx.data_parties):
+        raise JobError("the session's input nodes differ from the job's `inputs`")
+    return list(ctx.data_parties)
+
+
+def _cell_indices(
+    job: CrosstabJob, keys: list[tuple[str | None, ...]], counts: list[int], dataset: str
+) -> np.ndarray:
+    index_maps = [{v: i for i, v in enumerate(d)} for d in job.cell_domains]
+    outside = [0] * len(job.by)
+    cells = np.zeros(len(keys), dtype=np.int64)
+    for row, (key, n) in enumerate(zip(keys, counts, strict=True)):
+        cell = 0
+        for col, (value, index_map) in enumerate(zip(key, index_maps, strict=True)):
+            index = index_map.get(value) if value is not None else None
+            if index is None:
+                if job.other and value is not None:
+                    index = index_map[OTHER]
+                else:
+                    outside[col] += n
+                    index = 0
+            cell = cell * len(index_map) + index
+        cells[row] = cell
+    problems = [
+        f"column {c}: {n} values outside the declared domain"
+        for c, n in zip(job.by, outside, strict=True)
+        if n
+    ]
+    if problems:
+        hint = "declare them in [domains] or set `other = true`"
+        raise DataError(f"dataset {dataset}: {'; '.join(problems)} ({hint})")
+    return cells
+
+
+def _result_table(
+    job: CrosstabJob, ctx: SessionContext, flags: list[bool], open_idx: list[int], opened: list[int]
+) -> dict[str, Any]:
+    n_open = len(open_idx)
+    value_of = dict(zip(open_idx, opened[:n_open], strict=True))
+    sum_of = dict(zip(open_idx, opened[n_open:], strict=True))
+    columns = list(job.by) + ["count"] + (["sum", "mean"] if job.sum else []) + ["suppressed"]
+    rows = []
+    for i, labels in enumerate(itertools.product(*job.cell_domains)):
+        row: list[Any] = list(labels)
+        if flags[i]:
+            count = int(value_of[i])
+            row.append(count)
+            if job.sum:
+                total = int(sum_of[i]) / SUM_SCALE
+                row += [total, total / count if count else None]
+        else:
+            row += [None] * (3 if job.sum else 1)
+        row.append(not flags[i])
+        rows.append(row)
+    metadata = {
+        "kind": "crosstab",
+        "inputs": _inputs(job, ctx),
+        "parties": list(ctx.parties),
+        "disclosure": {"min_cell": ctx.min_cell, "release_zeros": job.release_zeros},
+        "epsilon_spent": 0.0,
+        "cells": job.n_cells,
+        "suppressed_cells": job.n_cells - n_open,
+    }
+    return {"columns": columns, "rows": rows, "metadata": metadata}
+
+
+PROTOCOL = Crosstab()
