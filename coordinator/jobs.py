@@ -78,7 +78,10 @@ class JobManager:
             self.job_timeout, self._expire, record.job_id
         )
         offer = wire_pb2.JobOffer(
-            job_id=record.job_id, job_json=record.job_json, parties=list(plan.parties)
+            job_id=record.job_id,
+            job_json=record.job_json,
+            parties=list(plan.parties),
+            data_parties=list(plan.data_parties),
         )
         for party in plan.parties:
             self._send(party, wire_pb2.CoordinatorMessage(offer=offer))

@@ -129,6 +129,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
         try:
             async for frame in request_iterator:
                 self.relay.route(session, pid, frame)
+            session.inbox(pid).put_nowait(CLOSE)  # the party half-closed: all it sent is routed
         except JointstatsError as exc:
             self.jobs.fail(
                 session.job_id, f"relay refused a frame from {session.parties[pid]}: {exc}"

@@ -30,6 +30,7 @@ class LocalNode:
     name: str
     datasets: dict[str, Path] = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for its process
 
     @property
     def role(self) -> str:
@@ -52,7 +53,11 @@ def parse_node_option(option: str, nodes: dict[str, LocalNode]) -> None:
 
 class LocalFederation:
     def __init__(
-        self, nodes: list[LocalNode], workdir: Path | None = None, session_timeout: float = 300.0
+        self,
+        nodes: list[LocalNode],
+        workdir: Path | None = None,
+        session_timeout: float = 300.0,
+        coordinator_module: str = "jointstats.cli",
     ) -> None:
         if len({n.name for n in nodes}) != len(nodes):
             raise ConfigError("each --node name must be different")
@@ -60,6 +65,7 @@ class LocalFederation:
         self._keep = workdir is not None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="jointstats-"))
         self.session_timeout = session_timeout
+        self.coordinator_module = coordinator_module
         self.processes: dict[str, subprocess.Popen] = {}
         self.client: Client | None = None
 
@@ -97,10 +103,13 @@ class LocalFederation:
         path.write_text(tomli_w.dumps(config))
         return path
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(
+        self, name: str, args: list[str], module: str = "jointstats.cli", env: dict | None = None
+    ) -> None:
         log = open(self.workdir / name / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "jointstats.cli", *args],
+            [sys.executable, "-m", module, *args],
+            env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -129,11 +138,15 @@ class LocalFederation:
         self._write_keys()
         self._write_configs()
         config = self.workdir / "coordinator" / "coordinator.toml"
-        self._spawn("coordinator", ["coordinator", "serve", "--config", str(config)])
+        self._spawn(
+            "coordinator",
+            ["coordinator", "serve", "--config", str(config)],
+            module=self.coordinator_module,
+        )
         self.address = self._wait_for_port()
         for node in self.nodes:
             path = self._write_node_config(node, self.address)
-            self._spawn(node.name, ["node", "serve", "--config", str(path)])
+            self._spawn(node.name, ["node", "serve", "--config", str(path)], env=node.env)
         analyst = self.workdir / "analyst"
         client_config = {"coordinator": self.address, "roster": "../roster.toml", "keys": "keys"}
         (analyst / "client.toml").write_text(tomli_w.dumps(client_config))

@@ -20,7 +20,9 @@ class Decision:
     job: Any = None
 
 
-def decide(config: NodeConfig, job_json: bytes, parties: list[str]) -> Decision:
+def decide(
+    config: NodeConfig, job_json: bytes, parties: list[str], data_parties: list[str]
+) -> Decision:
     """Check an offered job against this node's policy and datasets."""
     try:
         doc = parse_job_bytes(job_json)
@@ -29,7 +31,10 @@ def decide(config: NodeConfig, job_json: bytes, parties: list[str]) -> Decision:
             raise RefusedError(f"this node does not run {protocol.kind} jobs")
         if len(parties) < 3:
             raise RefusedError("MPC sessions need at least 3 parties")
-        for dataset in protocol.columns_used(job, config.name):
+        if config.name not in parties:
+            raise RefusedError("this node is not a party of the offered session")
+        used = protocol.columns_used(job, config.name) if config.name in data_parties else {}
+        for dataset in used:
             if dataset not in config.datasets:
                 raise RefusedError(f"this node does not serve dataset {dataset!r}")
     except JointstatsError as exc:

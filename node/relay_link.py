@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -20,6 +19,7 @@ from jointstats.transport import CHUNK_BYTES, PairSeal, channel_credentials, cha
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
 MPC, PRSS, BYE = 0, 1, 2
+CLOSE_SECONDS = 5.0
 
 
 class PeerLink:
@@ -114,6 +114,8 @@ class RelayLink:
         self.failed: asyncio.Future[None] = self.loop.create_future()
         self._channel: grpc.aio.Channel | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     def add_peer(self, peer_pid: int) -> PeerLink:
         link = PeerLink(self, peer_pid, PairSeal(self.session_id, self.pid, peer_pid))
@@ -130,10 +132,16 @@ class RelayLink:
                 )
             )
 
-    async def _frames(self) -> AsyncIterator[wire_pb2.RelayFrame]:
-        yield wire_pb2.RelayFrame(session_id=self.session_id, from_pid=self.pid, to_pid=-1)
-        while (frame := await self._outbox.get()) is not None:
-            yield frame
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            await call.write(
+                wire_pb2.RelayFrame(session_id=self.session_id, from_pid=self.pid, to_pid=-1)
+            )
+            while (frame := await self._outbox.get()) is not None:
+                await call.write(frame)
+            await call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            self._fail(PeerError(f"relay stream broke: {exc.details() or exc.code().name}"))
 
     async def open(self) -> None:
         self._channel = grpc.aio.secure_channel(
@@ -141,7 +149,8 @@ class RelayLink:
             channel_credentials(self._identity, self._roster),
             options=channel_options(),
         )
-        call = wire_pb2_grpc.CoordinatorStub(self._channel).Relay(self._frames())
+        call = wire_pb2_grpc.CoordinatorStub(self._channel).Relay()
+        self._writer = asyncio.create_task(self._write(call))
         self._reader = asyncio.create_task(self._read(call))
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -151,7 +160,8 @@ class RelayLink:
                 if peer is None:
                     raise PeerError(f"relay delivered a frame from unknown party {frame.from_pid}")
                 peer.on_chunk(frame.data, frame.final)
-            raise PeerError("the coordinator closed the relay stream")
+            if not self._closing:
+                raise PeerError("the coordinator closed the relay stream")
         except grpc.aio.AioRpcError as exc:
             self._fail(PeerError(f"relay stream broke: {exc.details() or exc.code().name}"))
         except Exception as exc:  # any bad frame ends the session, never the node
@@ -162,8 +172,14 @@ class RelayLink:
             self.failed.set_exception(error)
 
     async def close(self) -> None:
+        """Half-close our side, then wait until the coordinator has relayed all we sent
+        (it ends our response stream once it has read our last frame)."""
+        self._closing = True
         self._outbox.put_nowait(None)
-        if self._reader is not None:
-            self._reader.cancel()
+        tasks = [t for t in (self._writer, self._reader) if t is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=CLOSE_SECONDS)
+            for task in pending:
+                task.cancel()
         if self._channel is not None:
             await self._channel.close(grace=1.0)

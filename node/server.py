@@ -92,7 +92,9 @@ class Node:
                 self._on_abort(message.abort)
 
     def _on_offer(self, offer: wire_pb2.JobOffer) -> None:
-        decision = decide(self.config, offer.job_json, list(offer.parties))
+        decision = decide(
+            self.config, offer.job_json, list(offer.parties), list(offer.data_parties)
+        )
         log.info(
             "JOB_DECIDED job=%s accept=%s reason=%s", offer.job_id, decision.accept, decision.reason
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from jointstats.errors import PeerError, SessionTimeout
 
 log = logging.getLogger(__name__)
+# Tests swap in a misbehaving worker through JOINTSTATS_SESSION_WORKER to play a hostile peer.
+WORKER_MODULE = "jointstats.node.session_worker"
 
 
 class Worker:
@@ -27,7 +30,7 @@ class Worker:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "jointstats.node.session_worker",
+                os.environ.get("JOINTSTATS_SESSION_WORKER", WORKER_MODULE),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,

@@ -215,7 +215,8 @@ class Crosstab:
             released = [r + (c == 0) for r, c in zip(released, counts, strict=True)]
         flags = [bool(f) for f in await mpc.output(released)]
         open_idx = [i for i, f in enumerate(flags) if f]
-        opened = await mpc.output([counts[i] for i in open_idx] + [sums[i] for i in open_idx])
+        to_open = [counts[i] for i in open_idx] + ([sums[i] for i in open_idx] if job.sum else [])
+        opened = await mpc.output(to_open) if to_open else []
         return _result_table(job, ctx, flags, open_idx, opened)
 
 
@@ -259,7 +260,7 @@ def _result_table(
 ) -> dict[str, Any]:
     n_open = len(open_idx)
     value_of = dict(zip(open_idx, opened[:n_open], strict=True))
-    sum_of = dict(zip(open_idx, opened[n_open:], strict=True))
+    sum_of = dict(zip(open_idx, opened[n_open:], strict=False))
     columns = list(job.by) + ["count"] + (["sum", "mean"] if job.sum else []) + ["suppressed"]
     rows = []
     for i, labels in enumerate(itertools.product(*job.cell_domains)):

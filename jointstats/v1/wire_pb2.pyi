@@ -1,10 +1,8 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -12,19 +10,19 @@ class SubmitRequest(_message.Message):
     __slots__ = ("job_json",)
     JOB_JSON_FIELD_NUMBER: _ClassVar[int]
     job_json: bytes
-    def __init__(self, job_json: bytes | None = ...) -> None: ...
+    def __init__(self, job_json: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: str | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: str | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class NodeState(_message.Message):
     __slots__ = ("node", "state", "reason")
@@ -35,7 +33,7 @@ class NodeState(_message.Message):
     state: str
     reason: str
     def __init__(
-        self, node: str | None = ..., state: str | None = ..., reason: str | None = ...
+        self, node: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...
     ) -> None: ...
 
 class JobStatus(_message.Message):
@@ -54,19 +52,19 @@ class JobStatus(_message.Message):
     updated_at: float
     def __init__(
         self,
-        job_id: str | None = ...,
-        state: str | None = ...,
-        reason: str | None = ...,
-        nodes: _Iterable[NodeState | _Mapping] | None = ...,
-        submitted_at: float | None = ...,
-        updated_at: float | None = ...,
+        job_id: _Optional[str] = ...,
+        state: _Optional[str] = ...,
+        reason: _Optional[str] = ...,
+        nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ...,
+        submitted_at: _Optional[float] = ...,
+        updated_at: _Optional[float] = ...,
     ) -> None: ...
 
 class ResultRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: str | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ResultReply(_message.Message):
     __slots__ = ("job_id", "result_json")
@@ -74,7 +72,9 @@ class ResultReply(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     result_json: bytes
-    def __init__(self, job_id: str | None = ..., result_json: bytes | None = ...) -> None: ...
+    def __init__(
+        self, job_id: _Optional[str] = ..., result_json: _Optional[bytes] = ...
+    ) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -92,17 +92,17 @@ class NodeInfo(_message.Message):
     datasets: _containers.RepeatedScalarFieldContainer[str]
     def __init__(
         self,
-        name: str | None = ...,
-        role: str | None = ...,
-        online: bool | None = ...,
-        datasets: _Iterable[str] | None = ...,
+        name: _Optional[str] = ...,
+        role: _Optional[str] = ...,
+        online: _Optional[bool] = ...,
+        datasets: _Optional[_Iterable[str]] = ...,
     ) -> None: ...
 
 class ListNodesReply(_message.Message):
     __slots__ = ("nodes",)
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, nodes: _Iterable[NodeInfo | _Mapping] | None = ...) -> None: ...
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
     __slots__ = ("hello", "decision", "report")
@@ -114,16 +114,16 @@ class NodeMessage(_message.Message):
     report: SessionReport
     def __init__(
         self,
-        hello: Hello | _Mapping | None = ...,
-        decision: JobDecision | _Mapping | None = ...,
-        report: SessionReport | _Mapping | None = ...,
+        hello: _Optional[_Union[Hello, _Mapping]] = ...,
+        decision: _Optional[_Union[JobDecision, _Mapping]] = ...,
+        report: _Optional[_Union[SessionReport, _Mapping]] = ...,
     ) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("datasets",)
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, datasets: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobDecision(_message.Message):
     __slots__ = ("job_id", "accept", "reason", "min_cell_floor")
@@ -137,10 +137,10 @@ class JobDecision(_message.Message):
     min_cell_floor: int
     def __init__(
         self,
-        job_id: str | None = ...,
-        accept: bool | None = ...,
-        reason: str | None = ...,
-        min_cell_floor: int | None = ...,
+        job_id: _Optional[str] = ...,
+        accept: _Optional[bool] = ...,
+        reason: _Optional[str] = ...,
+        min_cell_floor: _Optional[int] = ...,
     ) -> None: ...
 
 class SessionReport(_message.Message):
@@ -155,10 +155,10 @@ class SessionReport(_message.Message):
     result_json: bytes
     def __init__(
         self,
-        job_id: str | None = ...,
-        state: str | None = ...,
-        reason: str | None = ...,
-        result_json: bytes | None = ...,
+        job_id: _Optional[str] = ...,
+        state: _Optional[str] = ...,
+        reason: _Optional[str] = ...,
+        result_json: _Optional[bytes] = ...,
     ) -> None: ...
 
 class CoordinatorMessage(_message.Message):
@@ -171,24 +171,27 @@ class CoordinatorMessage(_message.Message):
     abort: SessionAbort
     def __init__(
         self,
-        offer: JobOffer | _Mapping | None = ...,
-        start: SessionStart | _Mapping | None = ...,
-        abort: SessionAbort | _Mapping | None = ...,
+        offer: _Optional[_Union[JobOffer, _Mapping]] = ...,
+        start: _Optional[_Union[SessionStart, _Mapping]] = ...,
+        abort: _Optional[_Union[SessionAbort, _Mapping]] = ...,
     ) -> None: ...
 
 class JobOffer(_message.Message):
-    __slots__ = ("job_id", "job_json", "parties")
+    __slots__ = ("job_id", "job_json", "parties", "data_parties")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_JSON_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
+    DATA_PARTIES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_json: bytes
     parties: _containers.RepeatedScalarFieldContainer[str]
+    data_parties: _containers.RepeatedScalarFieldContainer[str]
     def __init__(
         self,
-        job_id: str | None = ...,
-        job_json: bytes | None = ...,
-        parties: _Iterable[str] | None = ...,
+        job_id: _Optional[str] = ...,
+        job_json: _Optional[bytes] = ...,
+        parties: _Optional[_Iterable[str]] = ...,
+        data_parties: _Optional[_Iterable[str]] = ...,
     ) -> None: ...
 
 class SessionStart(_message.Message):
@@ -205,11 +208,11 @@ class SessionStart(_message.Message):
     data_parties: _containers.RepeatedScalarFieldContainer[str]
     def __init__(
         self,
-        job_id: str | None = ...,
-        session_id: str | None = ...,
-        parties: _Iterable[str] | None = ...,
-        min_cell: int | None = ...,
-        data_parties: _Iterable[str] | None = ...,
+        job_id: _Optional[str] = ...,
+        session_id: _Optional[str] = ...,
+        parties: _Optional[_Iterable[str]] = ...,
+        min_cell: _Optional[int] = ...,
+        data_parties: _Optional[_Iterable[str]] = ...,
     ) -> None: ...
 
 class SessionAbort(_message.Message):
@@ -218,7 +221,7 @@ class SessionAbort(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     reason: str
-    def __init__(self, job_id: str | None = ..., reason: str | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RelayFrame(_message.Message):
     __slots__ = ("session_id", "from_pid", "to_pid", "data", "final")
@@ -234,9 +237,9 @@ class RelayFrame(_message.Message):
     final: bool
     def __init__(
         self,
-        session_id: str | None = ...,
-        from_pid: int | None = ...,
-        to_pid: int | None = ...,
-        data: bytes | None = ...,
-        final: bool | None = ...,
+        session_id: _Optional[str] = ...,
+        from_pid: _Optional[int] = ...,
+        to_pid: _Optional[int] = ...,
+        data: _Optional[bytes] = ...,
+        final: _Optional[bool] = ...,
     ) -> None: ...

@@ -1,0 +1,307 @@
+"""Benchmark: a pooled crosstab through the real stack against plaintext pandas on pooled CSVs.
+
+For each size N (rows per node; three nodes unhcr, drc, nrc, each with one synthetic CSV
+`households.csv`: region, displacement_status, sex, income) it measures, by wall clock:
+
+- pandas: read the three CSVs (needed columns only), concatenate, group by region x
+  displacement_status, count and clipped sum of income: the plaintext answer as if pooled.
+- latency: with a LocalFederation already running (coordinator + 3 node processes, TLS, gRPC,
+  MPyC), submit the job and wait for the released result; median of --repeats runs, with each
+  node's phase timings (local = DuckDB GROUP BY, connect = MPC session set-up, mpc = the MPC).
+- local: `jointstats local JOB --node ... --out ...` as a subprocess, start-up included (once).
+
+Every released table is checked against pandas: unsuppressed counts and sums equal, and exactly
+the cells below min_cell suppressed. The run fails loudly otherwise.
+
+Run (from the repository root):
+    .venv/bin/python bench/pooled_crosstab.py                  # N = 1e6 and 1e7
+    .venv/bin/python bench/pooled_crosstab.py --quick          # N = 1e5 only
+    .venv/bin/python bench/pooled_crosstab.py --rows 1000000 --repeats 5
+Synthetic CSVs are cached in bench/data/ (git-ignored); figures go to
+bench/results/pooled_crosstab.json. Targets: latency <= 1.0x pandas at 1e6 rows per node,
+<= 0.3x at 1e7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import tomli_w
+
+from jointstats.local import LocalFederation, LocalNode
+
+BENCH = Path(__file__).resolve().parent
+DATA = BENCH / "data"
+RESULTS = BENCH / "results" / "pooled_crosstab.json"
+NODES = ("unhcr", "drc", "nrc")
+DATASET = "households"
+BY = ["region", "displacement_status"]
+DOMAINS = {
+    "region": ["north", "south", "east", "west"],
+    "displacement_status": ["idp", "returnee", "host"],
+}
+SEXES = ["female", "male"]
+BOUNDS = (0, 100_000)
+MIN_CELL = 10
+TARGETS = {1_000_000: 1.0, 10_000_000: 0.3}
+JOB: dict[str, Any] = {
+    "kind": "crosstab",
+    "dataset": DATASET,
+    "by": BY,
+    "sum": "income",
+    "bounds": list(BOUNDS),
+    "domains": DOMAINS,
+    "disclosure": {"min_cell": MIN_CELL},
+}
+
+
+# --- synthetic data -------------------------------------------------------------------------
+
+
+def _categorical(rng: np.random.Generator, labels: list[str], rows: int) -> pa.Array:
+    weights = rng.dirichlet(np.full(len(labels), 4.0))
+    return pa.array(labels).take(pa.array(rng.choice(len(labels), rows, p=weights)))
+
+
+def _node_table(rows: int, seed: int) -> pa.Table:
+    """One agency's households; each agency has its own mix of regions and statuses."""
+    rng = np.random.default_rng(seed)
+    income = np.rint(rng.lognormal(9.3, 1.1, rows)).astype(np.int64)  # some above the bound
+    columns = {column: _categorical(rng, labels, rows) for column, labels in DOMAINS.items()}
+    return pa.table({**columns, "sex": _categorical(rng, SEXES, rows), "income": income})
+
+
+def node_csv(rows: int, node: str) -> Path:
+    """The cached CSV of `node` at size `rows` (generated once, written atomically)."""
+    path = DATA / f"rows-{rows}" / node / f"{DATASET}.csv"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (DATA / ".gitignore").write_text("*\n")
+    part = path.with_suffix(".csv.part")
+    seed = NODES.index(node) * 1_000_003 + rows
+    pacsv.write_csv(_node_table(rows, seed), part, pacsv.WriteOptions(quoting_style="none"))
+    part.rename(path)
+    return path
+
+
+def dataset_files(rows: int) -> dict[str, Path]:
+    started = time.perf_counter()
+    files = {node: node_csv(rows, node) for node in NODES}
+    mib = sum(f.stat().st_size for f in files.values()) / 2**20
+    print(f"  data: {mib:.0f} MiB in 3 CSVs ready in {time.perf_counter() - started:.1f} s")
+    return files
+
+
+# --- plaintext baseline ---------------------------------------------------------------------
+
+
+def pandas_crosstab(files: dict[str, Path]) -> pd.DataFrame:
+    """Read, pool and aggregate in pandas: the cell table (count, clipped sum)."""
+    frames = [pd.read_csv(f, usecols=[*BY, "income"]) for f in files.values()]
+    pooled = pd.concat(frames, ignore_index=True)
+    pooled["income"] = pooled["income"].clip(*BOUNDS)
+    return pooled.groupby(BY).agg(count=("income", "size"), sum=("income", "sum"))
+
+
+def pandas_baseline(files: dict[str, Path], repeats: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Time `pandas_crosstab` `repeats` times; the truth table and the median seconds."""
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        truth = pandas_crosstab(files)
+        runs.append(time.perf_counter() - started)
+    return truth, {"median_seconds": statistics.median(runs), "runs": runs}
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def check_released(released: pd.DataFrame, truth: pd.DataFrame, label: str) -> None:
+    """Released counts and sums equal pandas' where not suppressed; suppressed iff < min_cell."""
+    cells = released.set_index(BY)
+    expected = truth.reindex(cells.index, fill_value=0)
+    should_suppress = expected["count"] < MIN_CELL
+    wrong_flags = cells.index[cells["suppressed"] != should_suppress]
+    if len(wrong_flags):
+        raise AssertionError(f"{label}: wrong suppression for cells {list(wrong_flags)}")
+    shown = ~cells["suppressed"]
+    got = cells.loc[shown, "count"].astype("int64")
+    if not got.equals(expected.loc[shown, "count"].astype("int64")):
+        diff = pd.DataFrame({"released": got, "pandas": expected.loc[shown, "count"]})
+        raise AssertionError(f"{label}: released counts differ from pandas:\n{diff}")
+    sums = np.asarray(cells.loc[shown, "sum"], dtype=float)
+    if not np.allclose(sums, expected.loc[shown, "sum"].to_numpy(float), rtol=0, atol=0.011):
+        raise AssertionError(f"{label}: released sums differ from pandas")
+
+
+# --- federation -----------------------------------------------------------------------------
+
+
+def timed_job(federation: LocalFederation, truth: pd.DataFrame, label: str) -> dict[str, Any]:
+    assert federation.client is not None
+    started = time.perf_counter()
+    result = federation.client.run(JOB, timeout=1800.0)
+    elapsed = time.perf_counter() - started
+    check_released(result.table, truth, label)
+    return {"seconds": elapsed, "timings_by_node": result.metadata.get("timings_by_node", {})}
+
+
+def federation_latency(
+    files: dict[str, Path], truth: pd.DataFrame, repeats: int, pause: float
+) -> dict[str, Any]:
+    """Start a federation once, then time submit -> released result `repeats` times."""
+    nodes = [LocalNode(name, {DATASET: path}) for name, path in files.items()]
+    started = time.perf_counter()
+    with LocalFederation(nodes, session_timeout=1800.0) as federation:
+        startup = time.perf_counter() - started
+        runs = []
+        for run in range(repeats):
+            time.sleep(pause)  # let each node's next warm session worker finish importing
+            runs.append(timed_job(federation, truth, f"latency run {run + 1}"))
+            print(f"  latency run {run + 1}: {runs[-1]['seconds']:.2f} s")
+    median = statistics.median(r["seconds"] for r in runs)
+    return {"startup_seconds": startup, "median_seconds": median, "runs": runs}
+
+
+def phase_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per node and phase, the median over runs of the phase's seconds."""
+    phases: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for node, timings in run["timings_by_node"].items():
+            for phase, seconds in timings.items():
+                phases.setdefault(node, {}).setdefault(phase, []).append(seconds)
+    return {
+        node: {phase: statistics.median(values) for phase, values in phases[node].items()}
+        for node in sorted(phases, key=lambda n: NODES.index(n) if n in NODES else len(NODES))
+    }
+
+
+def cli_executable() -> list[str]:
+    script = Path(sys.executable).with_name("jointstats")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "jointstats.cli"]
+
+
+def local_end_to_end(files: dict[str, Path], truth: pd.DataFrame) -> dict[str, Any]:
+    """Time `jointstats local JOB --node ... --out ...` (start-up included) and check its CSV."""
+    with tempfile.TemporaryDirectory(prefix="jointstats-bench-") as tmp:
+        job_file, out_file = Path(tmp) / "job.toml", Path(tmp) / "out.csv"
+        job_file.write_text(tomli_w.dumps(JOB))
+        command = [*cli_executable(), "local", str(job_file), "--out", str(out_file)]
+        for node, path in files.items():
+            command += ["--node", f"{node}={path}"]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"jointstats local failed ({done.returncode}):\n{done.stderr}")
+        released = pd.read_csv(out_file, keep_default_na=False, na_values=[""])
+    released["suppressed"] = released["suppressed"].astype(str).str.lower() == "true"
+    check_released(released, truth, "jointstats local")
+    return {"seconds": elapsed, "command": " ".join(command)}
+
+
+# --- one size, the report -------------------------------------------------------------------
+
+
+def bench_size(rows: int, repeats: int, pause: float) -> dict[str, Any]:
+    print(f"N = {rows:,} rows per node")
+    files = dataset_files(rows)
+    truth, pandas = pandas_baseline(files, repeats)
+    pandas_seconds = pandas["median_seconds"]
+    print(f"  pandas: {pandas_seconds:.2f} s (median of {repeats})")
+    latency = federation_latency(files, truth, repeats, pause)
+    local = local_end_to_end(files, truth)
+    print(f"  jointstats local: {local['seconds']:.2f} s")
+    return {
+        "rows_per_node": rows,
+        "csv_bytes": {node: path.stat().st_size for node, path in files.items()},
+        "pandas_seconds": pandas_seconds,
+        "pandas_runs": pandas["runs"],
+        "latency": latency,
+        "phase_medians_by_node": phase_medians(latency["runs"]),
+        "local_seconds": local["seconds"],
+        "local_command": local["command"],
+        "latency_over_pandas": latency["median_seconds"] / pandas_seconds,
+        "local_over_pandas": local["seconds"] / pandas_seconds,
+        "target_latency_over_pandas": TARGETS.get(rows),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def print_table(sizes: list[dict[str, Any]]) -> None:
+    header = f"{'rows/node':>12} {'pandas s':>9} {'latency s':>10} {'local s':>8}"
+    print(f"\n{header} {'lat/pandas':>10} {'local/pandas':>12} {'target':>7}")
+    for s in sizes:
+        target = s["target_latency_over_pandas"]
+        mark = "" if target is None else f"<={target:.1f}x"
+        verdict = ""
+        if target is not None:
+            verdict = " ok" if s["latency_over_pandas"] <= target else " MISS"
+        print(
+            f"{s['rows_per_node']:>12,} {s['pandas_seconds']:>9.2f} "
+            f"{s['latency']['median_seconds']:>10.2f} {s['local_seconds']:>8.2f} "
+            f"{s['latency_over_pandas']:>9.2f}x {s['local_over_pandas']:>11.2f}x {mark:>7}{verdict}"
+        )
+    for s in sizes:
+        print(f"\nphase medians (s) at {s['rows_per_node']:,} rows/node:")
+        for node, phases in s["phase_medians_by_node"].items():
+            print(f"  {node:>8}: " + "  ".join(f"{k}={v:.2f}" for k, v in phases.items()))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--quick", action="store_true", help="100,000 rows per node only")
+    parser.add_argument("--repeats", type=int, default=3, help="pandas and latency runs per size")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds before each run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = [100_000] if args.quick else args.rows
+    results = [bench_size(rows, args.repeats, args.pause) for rows in sizes]
+    report = {"machine": machine(), "job": JOB, "repeats": args.repeats, "sizes": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(results)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
