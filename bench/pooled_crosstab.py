@@ -4,7 +4,8 @@ For each size N (rows per node; three nodes unhcr, drc, nrc, each with one synth
 `households.csv`: region, displacement_status, sex, income) it measures, by wall clock:
 
 - pandas: read the three CSVs (needed columns only), concatenate, group by region x
-  displacement_status, count and clipped sum of income: the plaintext answer as if pooled.
+  displacement_status, count and clipped sum of income: the plaintext answer as if pooled
+  (median of --repeats runs).
 - latency: with a LocalFederation already running (coordinator + 3 node processes, TLS, gRPC,
   MPyC), submit the job and wait for the released result; median of --repeats runs, with each
   node's phase timings (local = DuckDB GROUP BY, connect = MPC session set-up, mpc = the MPC).

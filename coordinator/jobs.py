@@ -13,11 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from jointstats.protocols import FederationView, Plan, parse_job
-
 from jointstats.errors import JobError
 from jointstats.jobs import canonical_json, parse_job_bytes
 from jointstats.keys import Roster
+from jointstats.protocols import FederationView, Plan, parse_job
 from jointstats.v1 import wire_pb2
 
 from .relay import Relay

@@ -40,9 +40,8 @@ def _serve_logging() -> None:
 @coordinator_app.command("serve")
 def coordinator_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
     """Serve the coordinator (gRPC over mutual TLS)."""
-    from jointstats.coordinator.server import serve
-
     from jointstats.config import CoordinatorConfig
+    from jointstats.coordinator.server import serve
 
     _serve_logging()
     asyncio.run(serve(CoordinatorConfig.load(config)))
@@ -51,9 +50,8 @@ def coordinator_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -
 @node_app.command("serve")
 def node_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
     """Run a node: dial the coordinator, decide on offers, take part in MPC sessions."""
-    from jointstats.node.server import serve
-
     from jointstats.config import NodeConfig
+    from jointstats.node.server import serve
 
     _serve_logging()
     asyncio.run(serve(NodeConfig.load(config)))

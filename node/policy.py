@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jointstats.protocols import JobProtocol, parse_job
-
 from jointstats.config import NodeConfig
 from jointstats.errors import JointstatsError, RefusedError
 from jointstats.jobs import parse_job_bytes
+from jointstats.protocols import JobProtocol, parse_job
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,13 @@ from mpyc import runtime as mpyc_runtime  # noqa: E402
 
 sys.argv = _saved_argv
 
+from jointstats.errors import JointstatsError, PeerError, SessionTimeout  # noqa: E402
+from jointstats.jobs import parse_job_bytes  # noqa: E402
+from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import source_for  # noqa: E402
 from jointstats.protocols import parse_job  # noqa: E402
 from jointstats.protocols.base import SessionContext  # noqa: E402
-
-from jointstats.errors import JointstatsError, PeerError, SessionTimeout  # noqa: E402
-from jointstats.jobs import parse_job_bytes  # noqa: E402
-from jointstats.keys import Identity, Roster  # noqa: E402
 
 log = logging.getLogger(__name__)
 HANDSHAKE_SECONDS = 30.0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from jointstats.errors import JobError
 from jointstats.protocols import crosstab
 from jointstats.protocols.base import FederationView, JobProtocol, Plan, SessionContext
-
-from jointstats.errors import JobError
 
 REGISTRY: dict[str, JobProtocol] = {
     crosstab.PROTOCOL.kind: crosstab.PROTOCOL,

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
 
 from jointstats.errors import DataError, JobError
+from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
 
 MAX_CELLS = 100_000
 SUM_SCALE = 100  # sums travel as integers in hundredths

@@ -32,9 +32,7 @@ class NodeState(_message.Message):
     node: str
     state: str
     reason: str
-    def __init__(
-        self, node: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "state", "reason", "nodes", "submitted_at", "updated_at")
@@ -50,15 +48,7 @@ class JobStatus(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     submitted_at: float
     updated_at: float
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        state: _Optional[str] = ...,
-        reason: _Optional[str] = ...,
-        nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ...,
-        submitted_at: _Optional[float] = ...,
-        updated_at: _Optional[float] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., submitted_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
 
 class ResultRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -72,9 +62,7 @@ class ResultReply(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     result_json: bytes
-    def __init__(
-        self, job_id: _Optional[str] = ..., result_json: _Optional[bytes] = ...
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., result_json: _Optional[bytes] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -90,13 +78,7 @@ class NodeInfo(_message.Message):
     role: str
     online: bool
     datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        role: _Optional[str] = ...,
-        online: _Optional[bool] = ...,
-        datasets: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., online: _Optional[bool] = ..., datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListNodesReply(_message.Message):
     __slots__ = ("nodes",)
@@ -112,12 +94,7 @@ class NodeMessage(_message.Message):
     hello: Hello
     decision: JobDecision
     report: SessionReport
-    def __init__(
-        self,
-        hello: _Optional[_Union[Hello, _Mapping]] = ...,
-        decision: _Optional[_Union[JobDecision, _Mapping]] = ...,
-        report: _Optional[_Union[SessionReport, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., decision: _Optional[_Union[JobDecision, _Mapping]] = ..., report: _Optional[_Union[SessionReport, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("datasets",)
@@ -135,13 +112,7 @@ class JobDecision(_message.Message):
     accept: bool
     reason: str
     min_cell_floor: int
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        accept: _Optional[bool] = ...,
-        reason: _Optional[str] = ...,
-        min_cell_floor: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., min_cell_floor: _Optional[int] = ...) -> None: ...
 
 class SessionReport(_message.Message):
     __slots__ = ("job_id", "state", "reason", "result_json")
@@ -153,13 +124,7 @@ class SessionReport(_message.Message):
     state: str
     reason: str
     result_json: bytes
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        state: _Optional[str] = ...,
-        reason: _Optional[str] = ...,
-        result_json: _Optional[bytes] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., result_json: _Optional[bytes] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("offer", "start", "abort")
@@ -169,12 +134,7 @@ class CoordinatorMessage(_message.Message):
     offer: JobOffer
     start: SessionStart
     abort: SessionAbort
-    def __init__(
-        self,
-        offer: _Optional[_Union[JobOffer, _Mapping]] = ...,
-        start: _Optional[_Union[SessionStart, _Mapping]] = ...,
-        abort: _Optional[_Union[SessionAbort, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, offer: _Optional[_Union[JobOffer, _Mapping]] = ..., start: _Optional[_Union[SessionStart, _Mapping]] = ..., abort: _Optional[_Union[SessionAbort, _Mapping]] = ...) -> None: ...
 
 class JobOffer(_message.Message):
     __slots__ = ("job_id", "job_json", "parties", "data_parties")
@@ -186,13 +146,7 @@ class JobOffer(_message.Message):
     job_json: bytes
     parties: _containers.RepeatedScalarFieldContainer[str]
     data_parties: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        job_json: _Optional[bytes] = ...,
-        parties: _Optional[_Iterable[str]] = ...,
-        data_parties: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., job_json: _Optional[bytes] = ..., parties: _Optional[_Iterable[str]] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionStart(_message.Message):
     __slots__ = ("job_id", "session_id", "parties", "min_cell", "data_parties")
@@ -206,14 +160,7 @@ class SessionStart(_message.Message):
     parties: _containers.RepeatedScalarFieldContainer[str]
     min_cell: int
     data_parties: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        session_id: _Optional[str] = ...,
-        parties: _Optional[_Iterable[str]] = ...,
-        min_cell: _Optional[int] = ...,
-        data_parties: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., session_id: _Optional[str] = ..., parties: _Optional[_Iterable[str]] = ..., min_cell: _Optional[int] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionAbort(_message.Message):
     __slots__ = ("job_id", "reason")
@@ -235,11 +182,4 @@ class RelayFrame(_message.Message):
     to_pid: int
     data: bytes
     final: bool
-    def __init__(
-        self,
-        session_id: _Optional[str] = ...,
-        from_pid: _Optional[int] = ...,
-        to_pid: _Optional[int] = ...,
-        data: _Optional[bytes] = ...,
-        final: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., from_pid: _Optional[int] = ..., to_pid: _Optional[int] = ..., data: _Optional[bytes] = ..., final: _Optional[bool] = ...) -> None: ...
