@@ -82,5 +82,10 @@ def from_rpc_error(error: grpc.RpcError) -> JointstatsError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(code)
     if code == grpc.StatusCode.UNAVAILABLE:
+        if "Socket closed" in details or "handshake" in details.lower():
+            return AuthError(
+                "the coordinator closed the TLS handshake: is this member's certificate in "
+                "the coordinator's roster, and the coordinator's in ours?"
+            )
         details = f"coordinator unreachable ({details.splitlines()[0]})"
     return _BY_GRPC_CODE.get(code, JointstatsError)(details.splitlines()[0])

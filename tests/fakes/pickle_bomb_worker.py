@@ -3,21 +3,10 @@ would create the file named by JOINTSTATS_TEST_MARKER. Honest parties must never
 
 from __future__ import annotations
 
-import os
-import pathlib
-import pickle
 import sys
 
 from jointstats.node import relay_link, session_worker
-
-
-class Bomb:
-    def __reduce__(self):
-        return (pathlib.Path.touch, (pathlib.Path(os.environ["JOINTSTATS_TEST_MARKER"]),))
-
-
-def bomb_payload() -> bytes:
-    return pickle.dumps(Bomb())
+from tests.fakes.bomb import bomb_payload
 
 
 def _send_bomb(self: relay_link.PeerLink, pc: int, payload: bytes) -> None:

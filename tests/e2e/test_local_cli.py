@@ -1,0 +1,82 @@
+"""`jointstats local` as a user runs it: the real stack, a tidy CSV, one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import JOB, pooled
+from tests.plaintext import expected_crosstab
+
+JOB_TOML = """
+kind = "crosstab"
+dataset = "households"
+by = ["region", "displacement_status"]
+sum = "income"
+bounds = [0, 2000]
+[domains]
+region = ["north", "south", "east", "west"]
+displacement_status = ["idp", "returnee", "host"]
+[disclosure]
+min_cell = 10
+"""
+
+
+def _jointstats(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("jointstats") or str(Path(sys.executable).with_name("jointstats"))
+    return subprocess.run(
+        [exe, *args], cwd=cwd, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+def test_local_writes_the_tidy_csv_and_keeps_the_workdir(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text(JOB_TOML)
+    nodes = [f"--node={a}={data_dir / a / 'households.csv'}" for a in ("unhcr", "drc")]
+    run = _jointstats(
+        "local", "job.toml", *nodes, "--node", "jips", "--out", "out.csv",
+        "--workdir", "state", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    table = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert list(table.columns) == [*JOB["by"], "count", "sum", "mean", "suppressed"]
+    expected = expected_crosstab(
+        pooled(data_dir, ("unhcr", "drc")), JOB["by"], JOB["domains"], 10, "income", (0, 2000)
+    )
+    assert list(table["region"]) == list(expected["region"])
+    assert list(table["suppressed"]) == ["true" if s else "false" for s in expected["suppressed"]]
+    released = ~expected["suppressed"]
+    assert [int(c) for c in table.loc[released, "count"]] == list(expected.loc[released, "count"])
+    assert (table.loc[~released, ["count", "sum", "mean"]] == "").all().all()
+    for name in ("unhcr", "drc", "jips"):
+        assert (tmp_path / "state" / name / "keys" / "tls.key").exists()
+
+
+@pytest.mark.parametrize(
+    ("job_text", "message"),
+    [
+        (JOB_TOML.replace('dataset = "households"', 'dataset = "census"'), "dataset 'census'"),
+        (JOB_TOML + 'inputs = ["unhcr", "unicef"]\n', "unknown node 'unicef'"),
+        ("kind = crosstab", "not valid TOML"),
+    ],
+)
+def test_local_failures_are_one_line_without_traceback(
+    data_dir: Path, tmp_path: Path, job_text: str, message: str
+) -> None:
+    if "inputs" in job_text:  # TOML: top-level keys must come before the tables
+        job_text = 'inputs = ["unhcr", "unicef"]\n' + job_text.replace(
+            'inputs = ["unhcr", "unicef"]\n', ""
+        )
+    (tmp_path / "job.toml").write_text(job_text)
+    run = _jointstats(
+        "local", "job.toml", f"--node=unhcr={data_dir / 'unhcr' / 'households.csv'}",
+        "--node", "drc", "--node", "jips", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr

@@ -1,0 +1,103 @@
+"""Hostile peers, an altering relay and strangers: refused, and nothing executed or changed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import grpc
+import pytest
+
+from jointstats.client import Client
+from jointstats.errors import AuthError, JobFailed
+from jointstats.keys import Identity, Roster, new_member
+from jointstats.local import LocalFederation, LocalNode
+from jointstats.transport import channel_credentials, channel_options
+from jointstats.v1 import wire_pb2, wire_pb2_grpc
+from tests.conftest import AGENCIES, JOB, REPO
+from tests.fakes.bomb import bomb_payload
+
+
+def _nodes(data_dir: Path, env: dict[str, dict[str, str]] | None = None) -> list[LocalNode]:
+    env = env or {}
+    return [
+        LocalNode(a, {"households": data_dir / a / "households.csv"}, env=env.get(a, {}))
+        for a in AGENCIES
+    ]
+
+
+def test_crafted_pickle_from_a_peer_is_never_executed(data_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    os.environ["JOINTSTATS_TEST_MARKER"] = str(marker)
+    try:
+        pickle.loads(bomb_payload())  # the payload is live: unpickling it creates the marker
+        assert marker.exists()
+        marker.unlink()
+        evil = {
+            "JOINTSTATS_SESSION_WORKER": "tests.fakes.pickle_bomb_worker",
+            "JOINTSTATS_TEST_MARKER": str(marker),
+            "PYTHONPATH": str(REPO),
+        }
+        with LocalFederation(_nodes(data_dir, {"drc": evil}), tmp_path / "fed", 30) as fed:
+            job_id = fed.client.submit(JOB)
+            try:
+                fed.client.wait(job_id, timeout=90)
+            except JobFailed:
+                pass  # garbage shares may fail the job; what matters is below
+            status = fed.client.status(job_id)
+            assert status.finished
+    finally:
+        os.environ.pop("JOINTSTATS_TEST_MARKER", None)
+    assert not marker.exists(), "a peer's pickle was executed"
+
+
+def test_an_altered_relay_frame_fails_the_session(data_dir, tmp_path):
+    nodes = _nodes(data_dir, {a: {"PYTHONPATH": str(REPO)} for a in AGENCIES})
+    with (
+        LocalFederation(
+            nodes, tmp_path / "fed", 30, coordinator_module="tests.fakes.tampering_coordinator"
+        ) as fed,
+        pytest.raises(JobFailed, match="failed authentication"),
+    ):
+        fed.client.run(JOB, timeout=90)
+
+
+def test_stranger_certificates_are_refused(federation, tmp_path):
+    new_member(tmp_path / "mallory", "analyst", "analyst")  # same name, unknown key
+    stranger = Client(federation.address, federation.workdir / "roster.toml", tmp_path / "mallory")
+    with pytest.raises(AuthError, match="certificate in the coordinator's roster"):
+        stranger.submit(JOB)
+    stranger.close()
+
+
+def test_a_node_with_an_unknown_certificate_cannot_join(federation, tmp_path):
+    new_member(tmp_path / "rogue", "unhcr", "node")
+    identity = Identity.load(tmp_path / "rogue")
+    roster = Roster.load(federation.workdir / "roster.toml")
+    channel = grpc.secure_channel(
+        federation.address, channel_credentials(identity, roster), options=channel_options()
+    )
+    hello = wire_pb2.NodeMessage(hello=wire_pb2.Hello(datasets=["households"]))
+    call = wire_pb2_grpc.CoordinatorStub(channel).Connect(iter([hello]), timeout=10)
+    with pytest.raises(grpc.RpcError) as refused:
+        next(call)
+    # refused in the TLS handshake: the roster is the coordinator's only trust store
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Socket closed" in refused.value.details()
+    channel.close()
+
+
+def test_an_analyst_cannot_pose_as_a_party(federation):
+    identity = Identity.load(federation.workdir / "analyst" / "keys")
+    roster = Roster.load(federation.workdir / "roster.toml")
+    channel = grpc.secure_channel(
+        federation.address, channel_credentials(identity, roster), options=channel_options()
+    )
+    frame = wire_pb2.RelayFrame(session_id="x", from_pid=0, to_pid=-1)
+    call = wire_pb2_grpc.CoordinatorStub(channel).Relay(iter([frame]), timeout=10)
+    with pytest.raises(grpc.RpcError) as refused:
+        next(call)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not call Relay" in refused.value.details()
+    channel.close()
