@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,21 @@ class LocalFederation:
         self.client = Client(self.address, self.workdir / "roster.toml", analyst / "keys")
         self.client.wait_for_nodes([n.name for n in self.nodes], START_SECONDS)
         return self
+
+    def restart_coordinator(self) -> None:
+        """Stop the coordinator and start it again on the same port (nodes reconnect)."""
+        self.stop_process("coordinator")
+        config_path = self.workdir / "coordinator" / "coordinator.toml"
+        config = tomllib.loads(config_path.read_text())
+        config["listen"] = self.address
+        config_path.write_text(tomli_w.dumps(config))
+        (self.workdir / "coordinator" / "port").unlink(missing_ok=True)
+        self._spawn(
+            "coordinator",
+            ["coordinator", "serve", "--config", str(config_path)],
+            module=self.coordinator_module,
+        )
+        self._wait_for_port()
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.get(name)

@@ -1,0 +1,71 @@
+"""A dead peer fails the job quickly with its name; a restarted coordinator keeps its records."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jointstats.errors import JobFailed
+from jointstats.local import LocalFederation, LocalNode
+from tests.conftest import AGENCIES, JOB, REPO, pooled
+from tests.plaintext import expected_crosstab
+
+SLOW = {"JOINTSTATS_SESSION_WORKER": "tests.fakes.slow_worker", "PYTHONPATH": str(REPO)}
+
+
+def _federation(data_dir: Path, workdir: Path, env: dict | None = None) -> LocalFederation:
+    nodes = [
+        LocalNode(a, {"households": data_dir / a / "households.csv"}, env=env or {})
+        for a in AGENCIES
+    ]
+    nodes.append(LocalNode("jips", env=env or {}))
+    return LocalFederation(nodes, workdir, session_timeout=30)
+
+
+def _session_workers(node_pid: int) -> list[psutil.Process]:
+    children = psutil.Process(node_pid).children(recursive=True)
+    return [c for c in children if "worker" in " ".join(c.cmdline())]
+
+
+def _wait_running(fed: LocalFederation, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while fed.client.status(job_id).state != "running":
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.05)
+
+
+def test_a_node_killed_mid_session_fails_the_job_naming_it(data_dir, tmp_path):
+    with _federation(data_dir, tmp_path / "fed", SLOW) as fed:
+        job_id = fed.client.submit({**JOB, "inputs": list(AGENCIES)})
+        _wait_running(fed, job_id)
+        time.sleep(1.0)
+        assert len(_session_workers(fed.processes["unhcr"].pid)) == 2  # busy one + spare
+        fed.stop_process("nrc", signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(JobFailed, match="nrc"):
+            fed.client.wait(job_id, timeout=60)
+        assert time.monotonic() - started < 60
+        time.sleep(1.0)
+        for survivor in ("unhcr", "drc"):
+            # only the warm spare is left: the aborted session's worker was killed
+            assert len(_session_workers(fed.processes[survivor].pid)) == 1
+        survivors = {**JOB, "inputs": ["unhcr", "drc"]}  # jips fills the session
+        result = fed.client.run(survivors, timeout=60)
+        assert result.metadata["parties"] == ["unhcr", "drc", "jips"]
+
+
+def test_records_survive_a_coordinator_restart_and_nodes_reconnect(data_dir, tmp_path):
+    with _federation(data_dir, tmp_path / "fed") as fed:
+        job_id = fed.client.submit(JOB)
+        fed.client.wait(job_id, timeout=60)
+        fed.restart_coordinator()
+        assert fed.client.status(job_id).state == "released"
+        assert fed.client.result(job_id).table["count"].notna().any()
+        fed.client.wait_for_nodes([*AGENCIES, "jips"], timeout=30)
+        result = fed.client.run(JOB, timeout=60)
+        expected = expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], 10)
+        assert list(result.table["suppressed"]) == list(expected["suppressed"])
