@@ -18,7 +18,7 @@ from jointstats.keys import Identity, Roster
 from jointstats.transport import CHUNK_BYTES, PairSeal, channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
-MPC, PRSS, BYE = 0, 1, 2
+MPC, PRSS, BYE, DATA = 0, 1, 2, 3
 CLOSE_SECONDS = 5.0
 
 
@@ -36,6 +36,7 @@ class PeerLink:
         self.handshake: asyncio.Future[bytes] = link.loop.create_future()
         self.prss: asyncio.Future[bytes] = link.loop.create_future()
         self.bye: asyncio.Future[None] = link.loop.create_future()
+        self.data: asyncio.Queue[bytes] = asyncio.Queue()  # protocol messages, in order
 
     def _send_sealed(self, kind: int, body: bytes) -> None:
         message = self.seal.seal(bytes([kind]) + body)
@@ -47,6 +48,9 @@ class PeerLink:
 
     def send_prss(self, keys: bytes) -> None:
         self._send_sealed(PRSS, keys)
+
+    def send_data(self, payload: bytes) -> None:
+        self._send_sealed(DATA, payload)
 
     def send_bye(self) -> None:
         self._send_sealed(BYE, b"")
@@ -85,6 +89,8 @@ class PeerLink:
             self._deliver(struct.unpack_from("<q", body)[0], body[8:])
         elif kind == PRSS and not self.prss.done():
             self.prss.set_result(body)
+        elif kind == DATA:
+            self.data.put_nowait(body)
         elif kind == BYE and not self.bye.done():
             self.bye.set_result(None)
         else:

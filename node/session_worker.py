@@ -64,6 +64,20 @@ class SessionSpec:
         return self.parties.index(self.node)
 
 
+class RelayChannel:
+    """PartyChannel over the session's sealed relay links."""
+
+    def __init__(self, link: RelayLink, spec: SessionSpec) -> None:
+        self._link, self._spec = link, spec
+
+    def send(self, pid: int, payload: bytes) -> None:
+        self._link.peers[pid].send_data(payload)
+
+    async def recv(self, pid: int) -> bytes:
+        queue = self._link.peers[pid].data
+        return await _or_fail(self._link, queue.get(), self._spec.timeout, self._spec.parties[pid])
+
+
 def _new_runtime(pid: int, m: int) -> Any:
     options = mpyc_runtime.mpc.options
     options.threshold = (m - 1) // 2
@@ -139,7 +153,12 @@ async def run_session(spec: SessionSpec) -> dict[str, Any]:
         timings["connect"] = time.perf_counter() - mark
         mark = time.perf_counter()
         ctx = SessionContext(
-            rt, spec.pid, tuple(spec.parties), tuple(spec.data_parties), spec.min_cell
+            rt,
+            spec.pid,
+            tuple(spec.parties),
+            tuple(spec.data_parties),
+            spec.min_cell,
+            channel=RelayChannel(link, spec),
         )
         result = await _or_fail(
             link, protocol.mpc_program(job, ctx, local), spec.timeout, "the session"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from jointstats.errors import ConfigError, DataError
 
@@ -74,6 +75,22 @@ class FileSource:
                 f"dataset {self.dataset} has no column {', '.join(map(repr, missing))}; "
                 f"it has: {', '.join(sorted(present))}"
             )
+
+    def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
+        """Selected columns as numpy arrays (text cast to VARCHAR), for protocols that need
+        records rather than aggregates (record linkage)."""
+        self.require_columns(columns)
+        select = ", ".join(f"{_quote(c)}" for c in columns)
+        if not Path(self.path).exists():
+            raise DataError(f"dataset {self.dataset}: file {self.path} does not exist")
+        try:
+            with duckdb.connect() as con:
+                return con.execute(f"SELECT {select} FROM {self._relation()}").fetchnumpy()
+        except duckdb.Error as exc:
+            raise DataError(
+                f"dataset {self.dataset}: cannot read {Path(self.path).name} "
+                f"({type(exc).__name__}); check that it is well-formed CSV/Parquet in UTF-8"
+            ) from None
 
     def grouped(
         self, by: list[str], value: str | None = None, bounds: tuple[float, float] | None = None

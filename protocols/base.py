@@ -28,6 +28,14 @@ class Plan:
     data_parties: tuple[str, ...]
 
 
+class PartyChannel(Protocol):
+    """Sealed, ordered messages between two parties of a session, outside MPyC."""
+
+    def send(self, pid: int, payload: bytes) -> None: ...
+
+    async def recv(self, pid: int) -> bytes: ...
+
+
 @dataclass
 class SessionContext:
     """Given to a protocol's MPC program inside the session worker."""
@@ -37,6 +45,7 @@ class SessionContext:
     parties: tuple[str, ...]
     data_parties: tuple[str, ...]
     min_cell: int
+    channel: PartyChannel | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def pid_of(self, name: str) -> int:
