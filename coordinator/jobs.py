@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from jointstats.errors import JobError
-from jointstats.jobs import canonical_json, parse_job_bytes
+from jointstats.errors import AuthError, JobError
 from jointstats.keys import Roster
 from jointstats.protocols import FederationView, Plan, parse_job
+from jointstats.signing import SignedJob, verify_job
 from jointstats.v1 import wire_pb2
 
 from .relay import Relay
@@ -64,11 +64,15 @@ class JobManager:
         if conn is not None:
             conn.outbox.put_nowait(message)
 
-    def submit(self, job_json: bytes, analyst: str) -> str:
-        doc = parse_job_bytes(job_json)
-        protocol, job = parse_job(doc)
+    def submit(self, signed: SignedJob, caller: str) -> str:
+        envelope = verify_job(signed, self.roster)
+        if envelope.analyst != caller:
+            raise AuthError(f"{caller} submitted a job signed by {envelope.analyst}")
+        if self.store.get(envelope.job_id) is not None:
+            raise JobError(f"job id {envelope.job_id} was used before; sign the job again")
+        protocol, job = parse_job(envelope.job)
         plan = protocol.plan(job, self.view())
-        record = JobRecord(uuid.uuid4().hex[:16], canonical_json(doc), analyst)
+        record = JobRecord(envelope.job_id, signed.envelope, signed.signature, caller)
         record.nodes = {p: {"state": "offered", "reason": ""} for p in plan.parties}
         self.store.save(record)
         active = ActiveJob(record, plan, protocol.min_cell(job))
@@ -78,13 +82,14 @@ class JobManager:
         )
         offer = wire_pb2.JobOffer(
             job_id=record.job_id,
-            job_json=record.job_json,
+            envelope=record.envelope,
+            signature=record.signature,
             parties=list(plan.parties),
             data_parties=list(plan.data_parties),
         )
         for party in plan.parties:
             self._send(party, wire_pb2.CoordinatorMessage(offer=offer))
-        log.info("JOB_SUBMITTED job=%s analyst=%s parties=%s", record.job_id, analyst, plan.parties)
+        log.info("JOB_SUBMITTED job=%s analyst=%s parties=%s", record.job_id, caller, plan.parties)
         return record.job_id
 
     def _expire(self, job_id: str) -> None:

@@ -12,6 +12,7 @@ import grpc
 from jointstats.config import CoordinatorConfig
 from jointstats.errors import JobError, JointstatsError
 from jointstats.keys import Identity, Roster
+from jointstats.signing import SignedJob
 from jointstats.transport import SERVER_OPTIONS, server_credentials
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
@@ -29,7 +30,8 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
 
     async def Submit(self, request, context):  # noqa: N802 (gRPC names)
         try:
-            job_id = self.jobs.submit(request.job_json, current_caller().name)
+            signed = SignedJob(request.envelope, request.signature)
+            job_id = self.jobs.submit(signed, current_caller().name)
         except JointstatsError as exc:
             await context.abort(exc.grpc_code, str(exc))
         return wire_pb2.SubmitReply(job_id=job_id)

@@ -11,7 +11,8 @@ from pathlib import Path
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
-    job_json BLOB NOT NULL,
+    envelope BLOB NOT NULL,
+    signature BLOB NOT NULL,
     submitted_by TEXT NOT NULL,
     state TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
@@ -27,7 +28,8 @@ TERMINAL = ("released", "failed")
 @dataclass
 class JobRecord:
     job_id: str
-    job_json: bytes
+    envelope: bytes
+    signature: bytes
     submitted_by: str
     state: str = "submitted"
     reason: str = ""
@@ -59,10 +61,11 @@ class JobStore:
     def save(self, job: JobRecord) -> None:
         job.updated_at = time.time()
         self._db.execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.job_id,
-                job.job_json,
+                job.envelope,
+                job.signature,
                 job.submitted_by,
                 job.state,
                 job.reason,
@@ -79,14 +82,15 @@ class JobStore:
             return None
         return JobRecord(
             job_id=row[0],
-            job_json=row[1],
-            submitted_by=row[2],
-            state=row[3],
-            reason=row[4],
-            nodes=json.loads(row[5]),
-            result_json=row[6],
-            submitted_at=row[7],
-            updated_at=row[8],
+            envelope=row[1],
+            signature=row[2],
+            submitted_by=row[3],
+            state=row[4],
+            reason=row[5],
+            nodes=json.loads(row[6]),
+            result_json=row[7],
+            submitted_at=row[8],
+            updated_at=row[9],
         )
 
     def close(self) -> None:

@@ -12,9 +12,10 @@ import grpc
 
 from jointstats.config import ClientConfig
 from jointstats.errors import JobFailed, JointstatsError, SessionTimeout, from_rpc_error
-from jointstats.jobs import canonical_json, load_job_file
+from jointstats.jobs import load_job_file
 from jointstats.keys import Identity, Roster
 from jointstats.results import Result
+from jointstats.signing import DEFAULT_TTL_SECONDS, SignedJob, sign_job
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
@@ -38,6 +39,7 @@ class Client:
 
     def __init__(self, coordinator: str, roster: Path, keys: Path, timeout: float = 30.0) -> None:
         identity = Identity.load(keys)
+        self._identity = identity
         self._channel = grpc.secure_channel(
             coordinator,
             channel_credentials(identity, Roster.load(roster)),
@@ -57,10 +59,14 @@ class Client:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    def submit(self, job: dict[str, Any] | Path | str) -> str:
+    def submit(self, job: dict[str, Any] | Path | str, ttl: float = DEFAULT_TTL_SECONDS) -> str:
+        """Sign the job with the analyst's key and submit it; returns the job id."""
         doc = job if isinstance(job, dict) else load_job_file(Path(job))
-        reply = self._call("Submit", wire_pb2.SubmitRequest(job_json=canonical_json(doc)))
-        return reply.job_id
+        return self.submit_signed(sign_job(doc, self._identity, ttl))
+
+    def submit_signed(self, signed: SignedJob) -> str:
+        request = wire_pb2.SubmitRequest(envelope=signed.envelope, signature=signed.signature)
+        return self._call("Submit", request).job_id
 
     def status(self, job_id: str) -> JobStatus:
         reply = self._call("GetStatus", wire_pb2.StatusRequest(job_id=job_id))

@@ -55,22 +55,52 @@ class CoordinatorConfig:
 
 @dataclass(frozen=True)
 class Policy:
-    """What this node agrees to. Later issues extend it (analysts, columns, budgets)."""
+    """What this node agrees to (docs/operator.md, "Policy"). The default refuses every analyst."""
 
     min_cell: int = DEFAULT_MIN_CELL_FLOOR
     kinds: tuple[str, ...] = ("crosstab", "linked_crosstab")
     max_cells: int = 100_000
+    partners: tuple[str, ...] = ("*",)
+    # analyst signing-key fingerprint -> dataset (or "*") -> allowed columns (or ["*"])
+    analysts: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    budgets: dict[str, float] = field(default_factory=dict)  # epsilon per dataset
+
+    def allows_partner(self, node: str) -> bool:
+        return "*" in self.partners or node in self.partners
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any], source: Path) -> Policy:
         min_cell = doc.get("min_cell", DEFAULT_MIN_CELL_FLOOR)
         if not isinstance(min_cell, int) or min_cell < 1:
             raise ConfigError(f"{source}: policy min_cell must be a whole number >= 1")
+        analysts: dict[str, dict[str, tuple[str, ...]]] = {}
+        for entry in doc.get("analysts", []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), str):
+                raise ConfigError(f"{source}: each [[analysts]] entry needs a `fingerprint`")
+            datasets = entry.get("datasets", {})
+            analysts[entry["fingerprint"]] = {d: tuple(cols) for d, cols in datasets.items()}
+        try:
+            budgets = {str(d): float(e) for d, e in doc.get("budgets", {}).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{source}: [budgets] maps dataset names to epsilon numbers"
+            ) from None
         return cls(
             min_cell=min_cell,
             kinds=tuple(doc.get("kinds", cls.kinds)),
             max_cells=int(doc.get("max_cells", cls.max_cells)),
+            partners=tuple(doc.get("partners", cls.partners)),
+            analysts=analysts,
+            budgets=budgets,
         )
+
+    @classmethod
+    def load(cls, spec: dict[str, Any] | str, base: Path, source: Path) -> Policy:
+        """`policy = "policy.toml"` (a file) or an inline [policy] table."""
+        if isinstance(spec, str):
+            path = (base / spec).resolve()
+            return cls.from_doc(_read(path), path)
+        return cls.from_doc(spec, source)
 
 
 @dataclass(frozen=True)
@@ -103,7 +133,7 @@ class NodeConfig:
             keys=_path(doc, "keys", base, path),
             state_dir=(base / doc.get("state_dir", ".")).resolve(),
             datasets=datasets,
-            policy=Policy.from_doc(doc.get("policy", {}), path),
+            policy=Policy.load(doc.get("policy", {}), base, path),
             session_timeout=float(doc.get("session_timeout", DEFAULT_SESSION_TIMEOUT)),
             max_sessions=int(doc.get("max_sessions", 4)),
         )

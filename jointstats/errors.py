@@ -8,7 +8,8 @@
     ├── RefusedError                exit 6   a node's policy refused the job
     ├── PeerError                   exit 7   a peer or the coordinator failed or vanished
     │   └── SessionTimeout          exit 8   an MPC session did not finish in time
-    └── JobFailed                   exit 9   the job ended failed; the message carries the reason
+    ├── JobFailed                   exit 9   the job ended failed; the message carries the reason
+    └── AuditError                  exit 10  an audit log is damaged or cannot be written
 
 Messages never carry microdata values: they name datasets, columns and counts only.
 """
@@ -63,6 +64,11 @@ class SessionTimeout(PeerError):
 class JobFailed(JointstatsError):
     exit_code = 9
     grpc_code = grpc.StatusCode.ABORTED
+
+
+class AuditError(JointstatsError):
+    exit_code = 10
+    grpc_code = grpc.StatusCode.DATA_LOSS
 
 
 _BY_GRPC_CODE: dict[grpc.StatusCode, type[JointstatsError]] = {

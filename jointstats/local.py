@@ -20,8 +20,10 @@ import tomli_w
 from jointstats.client import Client
 from jointstats.errors import ConfigError, PeerError
 from jointstats.keys import Roster, new_member
+from jointstats.signing import signing_fingerprint
 
 START_SECONDS = 60.0
+LOCAL_EPSILON_BUDGET = 100.0
 
 
 @dataclass
@@ -70,6 +72,22 @@ class LocalFederation:
         self.processes: dict[str, subprocess.Popen] = {}
         self.client: Client | None = None
 
+    def _permissive_policy(self, node: LocalNode) -> dict:
+        """Local runs: the generated analyst may use every dataset and column."""
+        analyst = self.roster.get("analyst")
+        policy = {
+            "analysts": [
+                {
+                    "name": "analyst",
+                    "fingerprint": signing_fingerprint(analyst.sign_public),
+                    "datasets": {"*": ["*"]},
+                }
+            ],
+            "partners": ["*"],
+            "budgets": dict.fromkeys(node.datasets, LOCAL_EPSILON_BUDGET),
+        }
+        return {**policy, **node.policy}
+
     def _write_keys(self) -> Roster:
         roster = Roster()
         members = [("coordinator", "coordinator")] + [(n.name, n.role) for n in self.nodes]
@@ -98,7 +116,7 @@ class LocalFederation:
             "state_dir": ".",
             "session_timeout": self.session_timeout,
             "datasets": {name: {"path": str(path)} for name, path in node.datasets.items()},
-            "policy": node.policy,
+            "policy": self._permissive_policy(node),
         }
         path = self.workdir / node.name / "node.toml"
         path.write_text(tomli_w.dumps(config))
@@ -136,7 +154,7 @@ class LocalFederation:
     def start(self) -> LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "coordinator" / "port").unlink(missing_ok=True)
-        self._write_keys()
+        self.roster = self._write_keys()
         self._write_configs()
         config = self.workdir / "coordinator" / "coordinator.toml"
         self._spawn(

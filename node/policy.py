@@ -1,41 +1,95 @@
-"""The node's policy decision on a job offer: one place that says yes or no, with a reason."""
+"""The node's decision on a job offer: one place that says yes or no, with a reason.
+
+Order: signature and expiry (roster), replay, job validity, then the node's policy: analyst,
+kind, partners, datasets and columns, table size, min_cell floor (applied at session start),
+differential-privacy budget (charged here, before any computation).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from jointstats.config import NodeConfig
+from jointstats.config import NodeConfig, Policy
 from jointstats.errors import JointstatsError, RefusedError
-from jointstats.jobs import parse_job_bytes
+from jointstats.keys import Roster
 from jointstats.protocols import JobProtocol, parse_job
+from jointstats.signing import Envelope, SignedJob, signing_fingerprint, verify_job
+
+from .state import NodeState
 
 
 @dataclass(frozen=True)
 class Decision:
     accept: bool
     reason: str = ""
+    envelope: Envelope | None = None
     protocol: JobProtocol | None = None
     job: Any = None
+    analyst_fingerprint: str = ""
+    columns: dict[str, list[str]] | None = None
+    epsilon: float = 0.0
 
 
-def decide(
-    config: NodeConfig, job_json: bytes, parties: list[str], data_parties: list[str]
-) -> Decision:
-    """Check an offered job against this node's policy and datasets."""
+@dataclass(frozen=True)
+class Offer:
+    signed: SignedJob
+    parties: list[str]
+    data_parties: list[str]
+
+
+def _check_policy(
+    policy: Policy, node: str, fingerprint: str, kind: str, offer: Offer, columns: dict
+) -> None:
+    grant = policy.analysts.get(fingerprint)
+    if grant is None:
+        raise RefusedError("the analyst's key is not allowed by this node's policy")
+    if kind not in policy.kinds:
+        raise RefusedError(f"this node does not run {kind} jobs")
+    strangers = [p for p in offer.parties if p != node and not policy.allows_partner(p)]
+    if strangers:
+        raise RefusedError(f"this node does not compute with {', '.join(strangers)}")
+    for dataset, used in columns.items():
+        allowed = grant.get(dataset, grant.get("*"))
+        if allowed is None:
+            raise RefusedError(f"the analyst may not use dataset {dataset}")
+        denied = [c for c in used if "*" not in allowed and c not in allowed]
+        if denied:
+            raise RefusedError(
+                f"the analyst may not use column(s) {', '.join(denied)} of {dataset}"
+            )
+
+
+def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -> Decision:
+    """Check an offered job; charge its epsilon when accepted."""
     try:
-        doc = parse_job_bytes(job_json)
-        protocol, job = parse_job(doc)
-        if protocol.kind not in config.policy.kinds:
-            raise RefusedError(f"this node does not run {protocol.kind} jobs")
-        if len(parties) < 3:
-            raise RefusedError("MPC sessions need at least 3 parties")
-        if config.name not in parties:
-            raise RefusedError("this node is not a party of the offered session")
-        used = protocol.columns_used(job, config.name) if config.name in data_parties else {}
-        for dataset in used:
+        envelope = verify_job(offer.signed, roster)
+        if not state.first_sight(envelope.job_id, envelope.nonce):
+            raise RefusedError("replayed job: its id or nonce was seen before")
+        protocol, job = parse_job(envelope.job)
+        if config.name not in offer.parties or len(offer.parties) < 3:
+            raise RefusedError("this node is not one of at least 3 parties of the session")
+        columns = (
+            protocol.columns_used(job, config.name) if config.name in offer.data_parties else {}
+        )
+        for dataset in columns:
             if dataset not in config.datasets:
                 raise RefusedError(f"this node does not serve dataset {dataset!r}")
+        fingerprint = signing_fingerprint(roster.get(envelope.analyst).sign_public)
+        _check_policy(config.policy, config.name, fingerprint, protocol.kind, offer, columns)
+        cells = getattr(job, "n_cells", 0)
+        if cells > config.policy.max_cells:
+            raise RefusedError(
+                f"the table has {cells} cells; this node allows {config.policy.max_cells}"
+            )
+        epsilon = float(envelope.job.get("disclosure", {}).get("epsilon") or 0.0)
+        if epsilon and columns:
+            try:
+                state.charge(
+                    envelope.job_id, dict.fromkeys(columns, epsilon), config.policy.budgets
+                )
+            except ValueError as exc:
+                raise RefusedError(str(exc)) from None
     except JointstatsError as exc:
         return Decision(False, str(exc))
-    return Decision(True, protocol=protocol, job=job)
+    return Decision(True, "", envelope, protocol, job, fingerprint, columns, epsilon)

@@ -13,10 +13,12 @@ import grpc
 from jointstats.config import NodeConfig
 from jointstats.errors import JointstatsError
 from jointstats.keys import Identity, Roster
+from jointstats.signing import SignedJob
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
-from .policy import decide
+from .policy import Decision, Offer, decide
+from .state import NodeState
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,10 @@ class Node:
         self.roster = Roster.load(config.roster)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.pool = WorkerPool(config.state_dir / "sessions.log")
+        self.state = NodeState(config.state_dir / "node.sqlite")
         self.outbox: asyncio.Queue[wire_pb2.NodeMessage] = asyncio.Queue()
         self.sessions: dict[str, asyncio.Task[None]] = {}
-        self.offers: dict[str, Any] = {}
+        self.offers: dict[str, Decision] = {}
         self.slots = asyncio.Semaphore(config.max_sessions)
 
     def _send(self, **kind: Any) -> None:
@@ -92,14 +95,21 @@ class Node:
                 self._on_abort(message.abort)
 
     def _on_offer(self, offer: wire_pb2.JobOffer) -> None:
+        signed = SignedJob(offer.envelope, offer.signature)
         decision = decide(
-            self.config, offer.job_json, list(offer.parties), list(offer.data_parties)
+            self.config,
+            self.roster,
+            self.state,
+            Offer(signed, list(offer.parties), list(offer.data_parties)),
         )
+        if decision.accept and decision.envelope is not None:
+            if decision.envelope.job_id != offer.job_id:
+                decision = Decision(False, "the offer's job id differs from the signed one")
+            else:
+                self.offers[offer.job_id] = decision
         log.info(
             "JOB_DECIDED job=%s accept=%s reason=%s", offer.job_id, decision.accept, decision.reason
         )
-        if decision.accept:
-            self.offers[offer.job_id] = offer
         self._send(
             decision=wire_pb2.JobDecision(
                 job_id=offer.job_id,
@@ -110,14 +120,14 @@ class Node:
         )
 
     def _on_start(self, start: wire_pb2.SessionStart) -> None:
-        offer = self.offers.pop(start.job_id, None)
-        if offer is None:
+        decision = self.offers.pop(start.job_id, None)
+        if decision is None:
             self._report(start.job_id, "failed", "session start for a job this node did not accept")
             return
         if start.min_cell < self.config.policy.min_cell:
             self._report(start.job_id, "failed", "threshold below this node's min_cell floor")
             return
-        self.sessions[start.job_id] = asyncio.create_task(self._run_session(offer, start))
+        self.sessions[start.job_id] = asyncio.create_task(self._run_session(decision, start))
 
     def _on_abort(self, abort: wire_pb2.SessionAbort) -> None:
         self.offers.pop(abort.job_id, None)
@@ -133,11 +143,12 @@ class Node:
             )
         )
 
-    def _session_spec(self, offer: wire_pb2.JobOffer, start: wire_pb2.SessionStart) -> dict:
+    def _session_spec(self, decision: Decision, start: wire_pb2.SessionStart) -> dict:
+        assert decision.envelope is not None
         return {
             "job_id": start.job_id,
             "session_id": start.session_id,
-            "job_json": offer.job_json.decode(),
+            "job_json": decision.envelope.job_bytes.decode(),
             "node": self.config.name,
             "parties": list(start.parties),
             "data_parties": list(start.data_parties),
@@ -149,7 +160,7 @@ class Node:
             "timeout": self.config.session_timeout,
         }
 
-    async def _run_session(self, offer: wire_pb2.JobOffer, start: wire_pb2.SessionStart) -> None:
+    async def _run_session(self, decision: Decision, start: wire_pb2.SessionStart) -> None:
         import json
 
         job_id = start.job_id
@@ -159,7 +170,7 @@ class Node:
                 self._report(job_id, "running")
                 try:
                     answer = await worker.run(
-                        self._session_spec(offer, start), self.config.session_timeout + 30
+                        self._session_spec(decision, start), self.config.session_timeout + 30
                     )
                 finally:
                     await worker.kill()

@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("job_json",)
-    JOB_JSON_FIELD_NUMBER: _ClassVar[int]
-    job_json: bytes
-    def __init__(self, job_json: _Optional[bytes] = ...) -> None: ...
+    __slots__ = ("envelope", "signature")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    signature: bytes
+    def __init__(self, envelope: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("job_id",)
@@ -137,16 +139,18 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, offer: _Optional[_Union[JobOffer, _Mapping]] = ..., start: _Optional[_Union[SessionStart, _Mapping]] = ..., abort: _Optional[_Union[SessionAbort, _Mapping]] = ...) -> None: ...
 
 class JobOffer(_message.Message):
-    __slots__ = ("job_id", "job_json", "parties", "data_parties")
+    __slots__ = ("job_id", "envelope", "signature", "parties", "data_parties")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    JOB_JSON_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
     DATA_PARTIES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    job_json: bytes
+    envelope: bytes
+    signature: bytes
     parties: _containers.RepeatedScalarFieldContainer[str]
     data_parties: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., job_json: _Optional[bytes] = ..., parties: _Optional[_Iterable[str]] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., envelope: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., parties: _Optional[_Iterable[str]] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionStart(_message.Message):
     __slots__ = ("job_id", "session_id", "parties", "min_cell", "data_parties")

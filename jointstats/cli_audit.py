@@ -1,0 +1,87 @@
+"""`jointstats audit …`: check and read a node's audit log (see docs/audit.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from jointstats.audit import VerifyReport, verify
+from jointstats.errors import AuditError, ConfigError
+
+audit_app = typer.Typer(no_args_is_help=True, help="Verify and show a node's audit log.")
+out = Console()
+SUMMARY_WIDTH = 80
+
+
+def _fail(file: Path, report: VerifyReport) -> AuditError:
+    where = f"line {report.first_bad_line}" if report.first_bad_line else "file"
+    return AuditError(f"{file}: {where}: {report.reason}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[Path, typer.Argument(help="The audit log (audit.jsonl).")],
+    key_from: Annotated[
+        Path | None, typer.Option("--key-from", help="Roster holding the signer's key.")
+    ] = None,
+    member: Annotated[str | None, typer.Option(help="The signer's name in that roster.")] = None,
+) -> None:
+    """Check the hash chain and every signature; name the first bad line."""
+    public_key = None
+    if (key_from is None) != (member is None):
+        raise ConfigError("--key-from and --member go together")
+    if key_from is not None and member is not None:
+        from jointstats.keys import Roster
+
+        public_key = Roster.load(key_from).get(member).sign_public
+    report = verify(file, public_key)
+    if not report.ok:
+        raise _fail(file, report)
+    out.print(f"{file}: {report.entries} entries, chain intact", markup=False, soft_wrap=True)
+    out.print(f"head {report.head}", markup=False, highlight=False)
+
+
+def _summary(fields: Any) -> str:
+    if not isinstance(fields, dict):
+        return "?"
+    parts = [
+        f"{name}={_short(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), 24)}"
+        for name, value in fields.items()
+    ]
+    text = ", ".join(parts)
+    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
+
+
+def _short(text: str, width: int = 12) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@audit_app.command("show")
+def audit_show(file: Annotated[Path, typer.Argument(help="The audit log (audit.jsonl).")]) -> None:
+    """Print the log as a table; fails after the table when the chain is broken."""
+    report = verify(file)
+    if report.first_bad_line is None and not report.ok:
+        raise _fail(file, report)
+    table = Table("seq", "time (UTC)", "event", "job", "principal", "fields")
+    for column in table.columns[:3]:
+        column.no_wrap = True
+    with open(file, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                entry = json.loads(raw)
+                time = str(entry["time"])[:19].replace("T", " ")
+                cells = [str(entry["seq"]), time, str(entry["event"]), str(entry["job_id"])]
+                cells += [_short(str(entry["principal"])), _summary(entry["fields"])]
+            except (ValueError, TypeError, KeyError, RecursionError):
+                cells = ["?", "", "", "", "", f"line {number} is not an audit entry"]
+            style = "red" if number == report.first_bad_line else None
+            table.add_row(*(Text(cell, style=style) for cell in cells))
+    out.print(table)
+    if not report.ok:
+        raise _fail(file, report)
