@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -50,10 +51,10 @@ def audit_verify(
 def _summary(fields: Any) -> str:
     if not isinstance(fields, dict):
         return "?"
-    parts = [
-        f"{name}={_short(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), 24)}"
-        for name, value in fields.items()
-    ]
+    parts = []
+    for name, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        parts.append(f"{name}={_short(text, 24)}")
     text = ", ".join(parts)
     return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
 
@@ -68,9 +69,10 @@ def audit_show(file: Annotated[Path, typer.Argument(help="The audit log (audit.j
     report = verify(file)
     if report.first_bad_line is None and not report.ok:
         raise _fail(file, report)
-    table = Table("seq", "time (UTC)", "event", "job", "principal", "fields")
+    table = Table("seq", "time (UTC)", "event", "job", "principal", "fields", box=box.SIMPLE_HEAD)
     for column in table.columns[:3]:
         column.no_wrap = True
+    table.columns[-1].overflow = "fold"
     with open(file, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:

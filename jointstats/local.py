@@ -70,6 +70,7 @@ class LocalFederation:
         self.session_timeout = session_timeout
         self.coordinator_module = coordinator_module
         self.processes: dict[str, subprocess.Popen] = {}
+        self._commands: dict[str, tuple[list[str], str, dict | None]] = {}
         self.client: Client | None = None
 
     def _permissive_policy(self, node: LocalNode) -> dict:
@@ -125,6 +126,7 @@ class LocalFederation:
     def _spawn(
         self, name: str, args: list[str], module: str = "jointstats.cli", env: dict | None = None
     ) -> None:
+        self._commands[name] = (args, module, env)
         log = open(self.workdir / name / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", module, *args],
@@ -187,6 +189,12 @@ class LocalFederation:
             module=self.coordinator_module,
         )
         self._wait_for_port()
+
+    def restart_node(self, name: str) -> None:
+        """Stop a node and start it again with the same config and state."""
+        self.stop_process(name)
+        args, module, env = self._commands[name]
+        self._spawn(name, args, module, env)
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.get(name)

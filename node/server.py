@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import logging
 import signal
 from typing import Any
 
 import grpc
 
+from jointstats.audit import AuditLog
 from jointstats.config import NodeConfig
 from jointstats.errors import JointstatsError
+from jointstats.jobs import canonical_json
 from jointstats.keys import Identity, Roster
 from jointstats.signing import SignedJob
 from jointstats.transport import channel_credentials, channel_options
@@ -25,6 +30,12 @@ log = logging.getLogger(__name__)
 BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+def table_digest(result: dict[str, Any]) -> str:
+    """SHA-256 of the released table (columns and rows), the same at every party."""
+    table = {"columns": result["columns"], "rows": result["rows"]}
+    return hashlib.sha256(canonical_json(table)).hexdigest()
+
+
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -33,6 +44,7 @@ class Node:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.pool = WorkerPool(config.state_dir / "sessions.log")
         self.state = NodeState(config.state_dir / "node.sqlite")
+        self.audit = AuditLog(config.state_dir / "audit.jsonl", self.identity, config.name)
         self.outbox: asyncio.Queue[wire_pb2.NodeMessage] = asyncio.Queue()
         self.sessions: dict[str, asyncio.Task[None]] = {}
         self.offers: dict[str, Decision] = {}
@@ -96,6 +108,16 @@ class Node:
 
     def _on_offer(self, offer: wire_pb2.JobOffer) -> None:
         signed = SignedJob(offer.envelope, offer.signature)
+        self.audit.append(
+            "JOB_RECEIVED",
+            offer.job_id,
+            **{
+                "envelope": offer.envelope.decode(errors="replace"),
+                "signature": base64.b64encode(offer.signature).decode(),
+                "envelope_sha256": signed.digest,
+                "parties": list(offer.parties),
+            },
+        )
         decision = decide(
             self.config,
             self.roster,
@@ -110,6 +132,20 @@ class Node:
         log.info(
             "JOB_DECIDED job=%s accept=%s reason=%s", offer.job_id, decision.accept, decision.reason
         )
+        principal = decision.envelope.analyst if decision.envelope else ""
+        if decision.accept:
+            self.audit.append(
+                "JOB_ACCEPTED",
+                offer.job_id,
+                principal,
+                **{
+                    "analyst_fingerprint": decision.analyst_fingerprint,
+                    "columns": decision.columns or {},
+                    "epsilon_charged": decision.epsilon,
+                },
+            )
+        else:
+            self.audit.append("JOB_REFUSED", offer.job_id, **{"reason": decision.reason})
         self._send(
             decision=wire_pb2.JobDecision(
                 job_id=offer.job_id,
@@ -127,6 +163,17 @@ class Node:
         if start.min_cell < self.config.policy.min_cell:
             self._report(start.job_id, "failed", "threshold below this node's min_cell floor")
             return
+        self.audit.append(
+            "SESSION_STARTED",
+            start.job_id,
+            decision.envelope.analyst if decision.envelope else "",
+            **{
+                "session_id": start.session_id,
+                "parties": list(start.parties),
+                "data_parties": list(start.data_parties),
+                "min_cell": start.min_cell,
+            },
+        )
         self.sessions[start.job_id] = asyncio.create_task(self._run_session(decision, start))
 
     def _on_abort(self, abort: wire_pb2.SessionAbort) -> None:
@@ -161,8 +208,6 @@ class Node:
         }
 
     async def _run_session(self, decision: Decision, start: wire_pb2.SessionStart) -> None:
-        import json
-
         job_id = start.job_id
         try:
             async with self.slots:
@@ -175,15 +220,29 @@ class Node:
                 finally:
                     await worker.kill()
             if answer.get("ok"):
-                self._report(job_id, "done", result=json.dumps(answer["result"]).encode())
+                result = answer["result"]
+                self._report(job_id, "done", result=json.dumps(result).encode())
+                self.audit.append(
+                    "RESULT_RELEASED",
+                    job_id,
+                    **{
+                        "table_sha256": table_digest(result),
+                        "epsilon_charged": decision.epsilon,
+                        **answer.get("facts", {}),
+                    },
+                )
                 log.info("SESSION_DONE job=%s", job_id)
             else:
-                self._report(job_id, "failed", answer.get("error", "session failed"))
-                log.warning("SESSION_FAILED job=%s reason=%s", job_id, answer.get("error"))
+                self._fail_session(job_id, answer.get("error", "session failed"))
         except JointstatsError as exc:
-            self._report(job_id, "failed", str(exc))
+            self._fail_session(job_id, str(exc))
         finally:
             self.sessions.pop(job_id, None)
+
+    def _fail_session(self, job_id: str, reason: str) -> None:
+        self._report(job_id, "failed", reason)
+        self.audit.append("SESSION_FAILED", job_id, **{"reason": reason})
+        log.warning("SESSION_FAILED job=%s reason=%s", job_id, reason)
 
     async def _shutdown(self) -> None:
         for task in list(self.sessions.values()):

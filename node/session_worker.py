@@ -134,7 +134,7 @@ async def _goodbye(link: RelayLink, spec: SessionSpec) -> None:
         await _or_fail(link, peer_link.bye, BYE_SECONDS, spec.parties[peer])
 
 
-async def run_session(spec: SessionSpec) -> dict[str, Any]:
+async def run_session(spec: SessionSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     started = time.perf_counter()
     identity = Identity.load(Path(spec.key_dir))
     protocol, job = parse_job(parse_job_bytes(spec.job_json.encode()))
@@ -143,6 +143,8 @@ async def run_session(spec: SessionSpec) -> dict[str, Any]:
         sources = {name: source_for(name, entry) for name, entry in spec.datasets.items()}
         local = await asyncio.to_thread(protocol.local_step, job, spec.node, sources)
     timings = {"local": time.perf_counter() - started}
+    facts_of = getattr(protocol, "local_facts", None)
+    facts = facts_of(job, local) if facts_of is not None and local is not None else {}
     rt = _new_runtime(spec.pid, len(spec.parties))
     link = RelayLink(
         spec.coordinator, identity, Roster.load(Path(spec.roster)), spec.session_id, spec.pid
@@ -171,7 +173,7 @@ async def run_session(spec: SessionSpec) -> dict[str, Any]:
     result["metadata"].setdefault("timings", {}).update(
         {k: round(v, 4) for k, v in timings.items()}
     )
-    return result
+    return result, facts
 
 
 def _public_error(exc: BaseException) -> tuple[str, str]:
@@ -197,8 +199,10 @@ def main() -> int:
         spec = SessionSpec(**json.loads(line))
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        result = loop.run_until_complete(asyncio.wait_for(run_session(spec), spec.timeout + 30))
-        result_pipe.write(json.dumps({"ok": True, "result": result}) + "\n")
+        result, facts = loop.run_until_complete(
+            asyncio.wait_for(run_session(spec), spec.timeout + 30)
+        )
+        result_pipe.write(json.dumps({"ok": True, "result": result, "facts": facts}) + "\n")
         code = 0
     except BaseException as exc:  # report every failure as one line; details stay in the log
         traceback.print_exc()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from jointstats.errors import ConfigError, DataError
 
@@ -86,6 +87,26 @@ class FileSource:
         try:
             with duckdb.connect() as con:
                 return con.execute(f"SELECT {select} FROM {self._relation()}").fetchnumpy()
+        except duckdb.Error as exc:
+            raise DataError(
+                f"dataset {self.dataset}: cannot read {Path(self.path).name} "
+                f"({type(exc).__name__}); check that it is well-formed CSV/Parquet in UTF-8"
+            ) from None
+
+    def read_text(self, columns: list[str]) -> pa.Table:
+        """Record-level columns as text exactly as stored (NULL when empty), for protocols that
+        link records. CSV fields are not type-inferred, so an id "007" stays "007"."""
+        self.require_columns(columns)
+        if FILE_SUFFIXES[Path(self.path).suffix.lower()] == "read_csv":
+            types = ", ".join(f"{_literal(c)}: 'VARCHAR'" for c in columns)
+            relation = f"read_csv({_literal(str(self.path))}, header = true, types = {{{types}}})"
+            select = ", ".join(_quote(c) for c in columns)
+        else:
+            relation = self._relation()
+            select = ", ".join(f"CAST({_quote(c)} AS VARCHAR) AS {_quote(c)}" for c in columns)
+        try:
+            with duckdb.connect() as con:
+                return con.sql(f"SELECT {select} FROM {relation}").to_arrow_table()
         except duckdb.Error as exc:
             raise DataError(
                 f"dataset {self.dataset}: cannot read {Path(self.path).name} "

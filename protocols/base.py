@@ -72,5 +72,8 @@ class JobProtocol(Protocol):
     def local_step(self, job: Any, node: str, sources: dict[str, Any]) -> Any:
         """Aggregate or prepare this node's data; runs in the session worker."""
 
+    def local_facts(self, job: Any, local: Any) -> dict[str, Any]:
+        """Facts about this node's own contribution for its audit log (row counts, never values)."""
+
     async def mpc_program(self, job: Any, ctx: SessionContext, local: Any) -> dict[str, Any]:
         """Run the MPC part and return the released result document."""

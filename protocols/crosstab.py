@@ -29,13 +29,16 @@ from typing import Any
 import numpy as np
 
 from jointstats.errors import DataError, JobError
+from jointstats.protocols import disclosure
 from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
 
 MAX_CELLS = 100_000
 SUM_SCALE = 100  # sums travel as integers in hundredths
 OTHER = "other"
 FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "domains", "disclosure"}
-DISCLOSURE_FIELDS = {"min_cell", "release_zeros"}
+DISCLOSURE_FIELDS = {"min_cell", "release_zeros", "margins", "epsilon"}
+TOTAL = "total"
+MAX_EPSILON = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class CrosstabJob:
     min_cell: int = 5
     release_zeros: bool = False
     other: bool = False
+    margins: bool = False
+    epsilon: float = 0.0
 
     @property
     def cell_domains(self) -> list[tuple[str, ...]]:
@@ -93,19 +98,27 @@ def _parse_domains(doc: dict[str, Any], by: tuple[str, ...]) -> tuple[dict, bool
     return domains, other
 
 
-def _parse_disclosure(doc: dict[str, Any]) -> tuple[int, bool]:
-    disclosure = doc.get("disclosure", {})
-    _require(isinstance(disclosure, dict), "[disclosure] must be a table")
-    unknown = set(disclosure) - DISCLOSURE_FIELDS
+def _parse_disclosure(doc: dict[str, Any]) -> tuple[int, bool, bool, float]:
+    """[disclosure]: min_cell, release_zeros, margins, epsilon."""
+    table = doc.get("disclosure", {})
+    _require(isinstance(table, dict), "[disclosure] must be a table")
+    unknown = set(table) - DISCLOSURE_FIELDS
     _require(not unknown, f"unknown field(s) in [disclosure]: {', '.join(sorted(unknown))}")
-    min_cell = disclosure.get("min_cell", 5)
+    min_cell = table.get("min_cell", 5)
     _require(
         isinstance(min_cell, int) and not isinstance(min_cell, bool) and min_cell >= 1,
         "`min_cell` must be a whole number >= 1",
     )
-    release_zeros = disclosure.get("release_zeros", False)
-    _require(isinstance(release_zeros, bool), "`release_zeros` must be true or false")
-    return min_cell, release_zeros
+    flags = [table.get(name, False) for name in ("release_zeros", "margins")]
+    _require(all(isinstance(f, bool) for f in flags), "`release_zeros`, `margins`: true or false")
+    epsilon = table.get("epsilon", 0.0)
+    _require(
+        isinstance(epsilon, (int, float))
+        and not isinstance(epsilon, bool)
+        and (epsilon == 0 or 0 < epsilon <= MAX_EPSILON),
+        f"`epsilon` must be a number in (0, {MAX_EPSILON:g}]",
+    )
+    return min_cell, flags[0], flags[1], float(epsilon)
 
 
 def _parse_sum(doc: dict[str, Any]) -> tuple[str | None, tuple[float, float] | None]:
@@ -139,10 +152,17 @@ class Crosstab:
         domains, other = _parse_domains(doc, by)
         sum_column, bounds = _parse_sum(doc)
         _require(sum_column not in by, "`sum` cannot also be a `by` column")
-        min_cell, release_zeros = _parse_disclosure(doc)
-        job = CrosstabJob(
-            dataset, by, domains, inputs, sum_column, bounds, min_cell, release_zeros, other
+        min_cell, release_zeros, margins, epsilon = _parse_disclosure(doc)
+        _require(not (epsilon and sum_column), "`epsilon` with `sum` is not supported yet")
+        _require(not margins or len(by) <= 2, "`margins` needs one or two `by` columns")
+        _require(
+            not margins or all(TOTAL not in domains[c] for c in by),
+            f"with `margins`, no domain may contain {TOTAL!r}",
         )
+        job = CrosstabJob(
+            dataset, by, domains, inputs, sum_column, bounds, min_cell, release_zeros, other,
+            margins, epsilon,
+        )  # fmt: skip
         _require(
             job.n_cells <= MAX_CELLS, f"the table has {job.n_cells} cells; at most {MAX_CELLS}"
         )
@@ -199,6 +219,10 @@ class Crosstab:
         np.add.at(sums, cells, scaled)
         return np.concatenate([counts, sums])
 
+    def local_facts(self, job: CrosstabJob, local: np.ndarray) -> dict[str, Any]:
+        """What this node's audit log records about its own contribution."""
+        return {"rows_used": int(local[: job.n_cells].sum())}
+
     async def mpc_program(
         self, job: CrosstabJob, ctx: SessionContext, local: np.ndarray | None
     ) -> dict[str, Any]:
@@ -210,14 +234,99 @@ class Crosstab:
         shared = mpc.input([secint(int(v)) for v in mine], senders=senders)
         total = [mpc.sum(list(column)) for column in zip(*shared, strict=True)]
         counts, sums = total[: job.n_cells], total[job.n_cells :]
-        released = [c >= ctx.min_cell for c in counts]
-        if job.release_zeros:
-            released = [r + (c == 0) for r, c in zip(released, counts, strict=True)]
-        flags = [bool(f) for f in await mpc.output(released)]
-        open_idx = [i for i, f in enumerate(flags) if f]
-        to_open = [counts[i] for i in open_idx] + ([sums[i] for i in open_idx] if job.sum else [])
-        opened = await mpc.output(to_open) if to_open else []
-        return _result_table(job, ctx, flags, open_idx, opened)
+        if job.epsilon:
+            noise = disclosure.discrete_laplace_noise(mpc, secint, job.n_cells, job.epsilon)
+            counts = [c + z for c, z in zip(counts, noise, strict=True)]
+        entries = _entries(mpc, job, ctx.min_cell, counts, sums)
+        suppressed = [bool(f) for f in await mpc.output([e.flag for e in entries])]
+        released = [e for e, hidden in zip(entries, suppressed, strict=True) if not hidden]
+        to_open = [e.count for e in released] + ([e.sum for e in released] if job.sum else [])
+        opened = [int(v) for v in await mpc.output(to_open)] if to_open else []
+        values = dict(zip(map(id, released), opened, strict=False))
+        sum_values = dict(zip(map(id, released), opened[len(released) :], strict=False))
+        rows = [_row(job, e, values.get(id(e)), sum_values.get(id(e))) for e in entries]
+        return {"columns": _columns(job), "rows": rows, "metadata": _metadata(job, ctx, suppressed)}
+
+
+@dataclass
+class _Entry:
+    """One line of the released table (a cell or a margin), still secret-shared."""
+
+    labels: tuple[str, ...]
+    count: Any
+    sum: Any
+    flag: Any  # 1 = suppressed
+
+
+def _entries(mpc: Any, job: CrosstabJob, k: int, counts: list, sums: list) -> list[_Entry]:
+    flags = disclosure.primary_flags(counts, k, job.release_zeros)
+    labels = list(itertools.product(*job.cell_domains))
+    no_sums = [None] * len(counts)
+    cell_sums = sums if job.sum else no_sums
+    if not job.margins:
+        return [_Entry(*e) for e in zip(labels, counts, cell_sums, flags, strict=True)]
+    domains = job.cell_domains
+    shape = (len(domains[0]), len(domains[1])) if len(domains) == 2 else (1, len(domains[0]))
+    flags, row_flags, col_flags, grand_flag = disclosure.secondary_suppression(
+        mpc, counts, flags, shape, k
+    )
+    entries = [_Entry(*e) for e in zip(labels, counts, cell_sums, flags, strict=True)]
+    rows, cols = shape
+
+    def total(values: list, index: list[int]) -> Any:
+        return mpc.sum([values[i] for i in index]) if job.sum or values is counts else None
+
+    row_index = [[r * cols + c for c in range(cols)] for r in range(rows)]
+    col_index = [[r * cols + c for r in range(rows)] for c in range(cols)]
+    if len(domains) == 2:
+        for r, index in enumerate(row_index):
+            entries.append(
+                _Entry(
+                    (domains[0][r], TOTAL), total(counts, index), total(sums, index), row_flags[r]
+                )
+            )
+        for c, index in enumerate(col_index):
+            entries.append(
+                _Entry(
+                    (TOTAL, domains[1][c]), total(counts, index), total(sums, index), col_flags[c]
+                )
+            )
+    everything = list(range(len(counts)))
+    grand = _Entry(
+        (TOTAL,) * len(domains), total(counts, everything), total(sums, everything), grand_flag
+    )
+    return [*entries, grand]
+
+
+def _columns(job: CrosstabJob) -> list[str]:
+    return list(job.by) + ["count"] + (["sum", "mean"] if job.sum else []) + ["suppressed"]
+
+
+def _row(job: CrosstabJob, entry: _Entry, count: int | None, total: int | None) -> list[Any]:
+    row: list[Any] = [*entry.labels, count]
+    if job.sum:
+        amount = total / SUM_SCALE if total is not None else None
+        mean = amount / count if amount is not None and count else None
+        row += [amount, mean]
+    return [*row, count is None]
+
+
+def _metadata(job: CrosstabJob, ctx: SessionContext, suppressed: list[bool]) -> dict[str, Any]:
+    return {
+        "kind": "crosstab",
+        "inputs": _inputs(job, ctx),
+        "parties": list(ctx.parties),
+        "disclosure": {
+            "min_cell": ctx.min_cell,
+            "release_zeros": job.release_zeros,
+            "margins": job.margins,
+            "epsilon": job.epsilon,
+            "noise": "discrete Laplace, scale 1/epsilon, inside MPC" if job.epsilon else None,
+        },
+        "epsilon_spent": job.epsilon,
+        "cells": job.n_cells,
+        "suppressed_cells": sum(suppressed[: job.n_cells]),
+    }
 
 
 def _inputs(job: CrosstabJob, ctx: SessionContext) -> list[str]:
@@ -253,38 +362,6 @@ def _cell_indices(
         hint = "declare them in [domains] or set `other = true`"
         raise DataError(f"dataset {dataset}: {'; '.join(problems)} ({hint})")
     return cells
-
-
-def _result_table(
-    job: CrosstabJob, ctx: SessionContext, flags: list[bool], open_idx: list[int], opened: list[int]
-) -> dict[str, Any]:
-    n_open = len(open_idx)
-    value_of = dict(zip(open_idx, opened[:n_open], strict=True))
-    sum_of = dict(zip(open_idx, opened[n_open:], strict=False))
-    columns = list(job.by) + ["count"] + (["sum", "mean"] if job.sum else []) + ["suppressed"]
-    rows = []
-    for i, labels in enumerate(itertools.product(*job.cell_domains)):
-        row: list[Any] = list(labels)
-        if flags[i]:
-            count = int(value_of[i])
-            row.append(count)
-            if job.sum:
-                total = int(sum_of[i]) / SUM_SCALE
-                row += [total, total / count if count else None]
-        else:
-            row += [None] * (3 if job.sum else 1)
-        row.append(not flags[i])
-        rows.append(row)
-    metadata = {
-        "kind": "crosstab",
-        "inputs": _inputs(job, ctx),
-        "parties": list(ctx.parties),
-        "disclosure": {"min_cell": ctx.min_cell, "release_zeros": job.release_zeros},
-        "epsilon_spent": 0.0,
-        "cells": job.n_cells,
-        "suppressed_cells": job.n_cells - n_open,
-    }
-    return {"columns": columns, "rows": rows, "metadata": metadata}
 
 
 PROTOCOL = Crosstab()

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from jointstats.client import Client
-from jointstats.errors import AuthError, JobFailed
+from jointstats.errors import AuthError, JobError, JobFailed
 from jointstats.keys import Identity, Roster, new_member
 from jointstats.local import LocalFederation, LocalNode
 from jointstats.transport import channel_credentials, channel_options
@@ -101,3 +101,27 @@ def test_an_analyst_cannot_pose_as_a_party(federation):
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "may not call Relay" in refused.value.details()
     channel.close()
+
+
+def test_a_coordinator_that_alters_a_job_cannot_get_it_run(data_dir, tmp_path):
+    nodes = _nodes(data_dir, {a: {"PYTHONPATH": str(REPO)} for a in AGENCIES})
+    with LocalFederation(
+        nodes, tmp_path / "fed", 30, coordinator_module="tests.fakes.forging_coordinator"
+    ) as fed:
+        job_id = fed.client.submit(JOB)
+        with pytest.raises(JobFailed, match="signature does not match"):
+            fed.client.wait(job_id, timeout=60)
+        refusals = [s for s, _ in fed.client.status(job_id).nodes.values()]
+        assert "refused" in refusals and "done" not in refusals
+
+
+def test_expired_and_replayed_submissions_are_refused(federation):
+    from jointstats.signing import sign_job
+
+    with pytest.raises(AuthError, match="expired"):
+        federation.client.submit(JOB, ttl=-1)
+    identity = Identity.load(federation.workdir / "analyst" / "keys")
+    signed = sign_job(JOB, identity)
+    federation.client.wait(federation.client.submit_signed(signed), timeout=60)
+    with pytest.raises(JobError, match="used before"):
+        federation.client.submit_signed(signed)

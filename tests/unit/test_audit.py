@@ -86,8 +86,9 @@ def _change_value(rows: list[bytes]) -> list[bytes]:
         (lambda rows: rows[:4] + [rows[4][:40]], 5, "incomplete"),
         (lambda rows: rows[:4] + [rows[4][:40] + b"\n"], 5, "JSON"),
         (lambda rows: [*rows[:3], b"\n", *rows[3:]], 4, "JSON"),
+        (lambda rows: [*rows[:4], json.dumps(json.loads(rows[4])).encode() + b"\n"], 5, "canon"),
     ],
-    ids=["change", "delete", "reorder", "truncate", "garble", "blank"],
+    ids=["change", "delete", "reorder", "truncate", "garble", "blank", "reformat-last"],
 )
 def test_tampering_names_the_first_bad_line(
     tmp_path: Path, keys, edit, bad_line: int, words: str

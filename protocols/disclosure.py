@@ -1,0 +1,109 @@
+"""Disclosure control inside MPC (DESIGN §5.3): building blocks for protocol MPC programs.
+
+Everything here works on secret-shared values (lists of MPyC secure integers); nothing is
+opened. Callers open only the final suppression pattern and the released values.
+
+- `discrete_laplace_noise`: differential-privacy noise drawn inside MPC. A uniform L-bit
+  integer U is built from PRSS random bits (each party's keys contribute, so no t colluding
+  parties know it) and mapped through the inverse CDF of the discrete Laplace (two-sided
+  geometric) distribution with a public threshold table: X = -B + #{j : U >= T_j}. No floating
+  point touches secret data. Truncation at +-B puts a tail mass <= 2^-40 on the endpoints:
+  the mechanism is (epsilon, 2^-40)-DP.
+- `primary_flags`: s = [count < k] (zero cells released only with release_zeros).
+- `secondary_suppression`: with released margins, a row or column whose margin is released and
+  which holds exactly one suppressed cell gets its smallest other cell suppressed too;
+  repeated for a fixed number of rounds (rows + columns, data-independent) so that the number
+  of iterations leaks nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NOISE_BITS = 40  # U is uniform in [0, 2^40)
+TAIL_LOG2 = 40  # truncation: tail mass beyond +-B at most 2^-40
+BIG = 1 << 40  # added to suppressed cells so that the minimum picks an unsuppressed one
+
+
+def noise_bound(epsilon: float, sensitivity: float = 1.0) -> int:
+    """B such that P(|X| > B) <= 2^-TAIL_LOG2 for the discrete Laplace of scale sens/eps."""
+    return max(1, math.ceil(TAIL_LOG2 * math.log(2) * sensitivity / epsilon))
+
+
+def laplace_thresholds(epsilon: float, sensitivity: float = 1.0) -> tuple[int, list[int]]:
+    """B and the public table T_j = floor(F(j - B) * 2^L), j = 0 .. 2B - 1 (F = CDF)."""
+    alpha = math.exp(-epsilon / sensitivity)
+    bound = noise_bound(epsilon, sensitivity)
+
+    def cdf(k: int) -> float:  # P(X <= k) for P(X = x) proportional to alpha^|x|
+        if k < 0:
+            return alpha ** (-k) / (1 + alpha)
+        return 1 - alpha ** (k + 1) / (1 + alpha)
+
+    return bound, [math.floor(cdf(j - bound) * (1 << NOISE_BITS)) for j in range(2 * bound)]
+
+
+def discrete_laplace_noise(mpc: Any, secint: type, n: int, epsilon: float) -> list[Any]:
+    """n secret samples of discrete Laplace noise with scale 1/epsilon (counts)."""
+    bound, thresholds = laplace_thresholds(epsilon)
+    powers = [1 << i for i in range(NOISE_BITS)]
+    samples = []
+    for _ in range(n):
+        bits = mpc.random_bits(secint, NOISE_BITS)
+        uniform = mpc.in_prod(bits, [secint(p) for p in powers])
+        above = [uniform >= t for t in thresholds]
+        samples.append(mpc.sum(above) - bound)
+    return samples
+
+
+def primary_flags(counts: list[Any], k: int, release_zeros: bool) -> list[Any]:
+    """Secret 0/1 per cell: 1 = suppressed."""
+    flags = [c < k for c in counts]
+    if release_zeros:
+        flags = [f * (1 - (c == 0)) for f, c in zip(flags, counts, strict=True)]
+    return flags
+
+
+def _or(a: Any, b: Any) -> Any:
+    return a + b - a * b
+
+
+def _line_pass(
+    mpc: Any, lines: list[list[int]], counts: list, flags: list, open_margin: list
+) -> list:
+    """For each line (row or column) with a released margin and exactly one suppressed cell,
+    suppress the smallest unsuppressed cell(s) of that line."""
+    flags = list(flags)
+    for line, released in zip(lines, open_margin, strict=True):
+        if len(line) < 2:
+            continue
+        suppressed = mpc.sum([flags[i] for i in line])
+        exactly_one = (suppressed == 1) * released
+        masked = [counts[i] + flags[i] * BIG for i in line]
+        smallest = mpc.min(masked)
+        for i, value in zip(line, masked, strict=True):
+            flags[i] = _or(flags[i], (value == smallest) * exactly_one)
+    return flags
+
+
+def secondary_suppression(
+    mpc: Any, counts: list, flags: list, shape: tuple[int, int], k: int
+) -> tuple[list, list, list, Any]:
+    """Return secret flags (1 = suppressed) for cells (row-major), row totals, column totals
+    and the grand total. Totals below k are suppressed; the totals of a dimension form a line
+    of their own whose margin is the grand total, so one suppressed total is protected too."""
+    rows, cols = shape
+    row_lines = [[r * cols + c for c in range(cols)] for r in range(rows)]
+    col_lines = [[r * cols + c for r in range(rows)] for c in range(cols)]
+    row_totals = [mpc.sum([counts[i] for i in line]) for line in row_lines]
+    col_totals = [mpc.sum([counts[i] for i in line]) for line in col_lines]
+    grand_flag = mpc.sum(counts) < k
+    row_flags = [t < k for t in row_totals]
+    col_flags = [t < k for t in col_totals]
+    for _ in range(rows + cols + 2):
+        flags = _line_pass(mpc, row_lines, counts, flags, [1 - f for f in row_flags])
+        flags = _line_pass(mpc, col_lines, counts, flags, [1 - f for f in col_flags])
+        row_flags = _line_pass(mpc, [list(range(rows))], row_totals, row_flags, [1 - grand_flag])
+        col_flags = _line_pass(mpc, [list(range(cols))], col_totals, col_flags, [1 - grand_flag])
+    return flags, row_flags, col_flags, grand_flag

@@ -1,0 +1,137 @@
+"""Secondary suppression against a solving attacker, DP noise inside MPC, and the budget
+ledger, through real processes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jointstats.errors import JobFailed
+from jointstats.local import LocalFederation, LocalNode
+from tests.conftest import AGENCIES, JOB, pooled
+from tests.plaintext import expected_crosstab
+
+
+def determined_cells(table: pd.DataFrame, by: list[str]) -> list[tuple]:
+    """The attacker: from released cells and margins, which suppressed cells are uniquely
+    determined by the linear constraints? (x_e is determined iff e is in the row space.)"""
+    cells = table[(table[by[0]] != "total") & (table[by[1]] != "total")]
+    unknown = [tuple(r) for r in cells.loc[cells["suppressed"], by].itertuples(index=False)]
+    if not unknown:
+        return []
+    position = {cell: i for i, cell in enumerate(unknown)}
+    equations = []
+    for axis, other in ((0, 1), (1, 0)):
+        margins = table[(table[by[other]] == "total") & (table[by[axis]] != "total")]
+        for label, suppressed in zip(margins[by[axis]], margins["suppressed"], strict=True):
+            if not suppressed:
+                row = np.zeros(len(unknown))
+                for cell, i in position.items():
+                    if cell[axis] == label:
+                        row[i] = 1
+                equations.append(row)
+    if not equations:
+        return []
+    matrix = np.array(equations)
+    rank = np.linalg.matrix_rank(matrix)
+    determined = []
+    for cell, i in position.items():
+        unit = np.zeros((1, len(unknown)))
+        unit[0, i] = 1
+        if np.linalg.matrix_rank(np.vstack([matrix, unit])) == rank:
+            determined.append(cell)
+    return determined
+
+
+def test_margins_with_secondary_suppression_resist_the_attacker(federation, data_dir):
+    job = copy.deepcopy(JOB)
+    job["disclosure"]["margins"] = True
+    result = federation.client.run(job, timeout=180)
+    table = result.table
+    by = JOB["by"]
+    cells = table[(table[by[0]] != "total") & (table[by[1]] != "total")].reset_index(drop=True)
+    expected = expected_crosstab(pooled(data_dir), by, JOB["domains"], 10)
+    primary = expected["suppressed"]
+    assert (cells["suppressed"] | ~primary).all(), "every small cell is suppressed"
+    assert cells["suppressed"].sum() > primary.sum(), "secondary suppression happened"
+    released = ~cells["suppressed"]
+    assert list(cells.loc[released, "count"]) == list(expected.loc[released, "count"])
+    frame = pooled(data_dir)
+    for label, total in frame.groupby(by[0]).size().items():
+        margin = table[(table[by[0]] == label) & (table[by[1]] == "total")]
+        if not margin["suppressed"].iloc[0]:
+            assert margin["count"].iloc[0] == total
+    grand = table[(table[by[0]] == "total") & (table[by[1]] == "total")]
+    assert grand["count"].iloc[0] == len(frame)
+    assert determined_cells(table, by) == []
+
+
+def test_dp_noise_is_present_and_of_the_right_scale(federation, data_dir):
+    """60 large cells, epsilon = 1: the noise is not zero and its variance matches 1.84."""
+    frame = pooled(data_dir)
+    job = copy.deepcopy(JOB)
+    job["by"] = ["region"]
+    job["domains"] = {"region": ["north", "south"]}
+    job["disclosure"] = {"min_cell": 10, "epsilon": 1.0}
+    job["domains"]["other"] = True
+    noise = []
+    truth = frame["region"].where(frame["region"].isin(["north", "south"]), "other")
+    true_counts = truth.value_counts()
+    for _ in range(3):
+        result = federation.client.run(job, timeout=180)
+        assert result.metadata["epsilon_spent"] == 1.0
+        for label, count in zip(result.table["region"], result.table["count"], strict=True):
+            noise.append(int(count) - int(true_counts[label]))
+    noise = np.array(noise)
+    assert np.any(noise != 0)
+    assert np.all(np.abs(noise) <= 29)  # truncation bound B for epsilon = 1
+    assert 0.2 < np.mean(noise**2) < 8.0  # variance 1.84; wide: only 9 samples
+
+
+def test_budget_is_refused_when_exhausted_and_survives_restart(data_dir, tmp_path: Path):
+    nodes = [
+        LocalNode(
+            a,
+            {"households": data_dir / a / "households.csv"},
+            policy={"budgets": {"households": 1.0}},
+        )
+        for a in AGENCIES
+    ]
+    job = copy.deepcopy(JOB)
+    job["disclosure"]["epsilon"] = 0.6
+    with LocalFederation(nodes, tmp_path / "fed", session_timeout=60) as fed:
+        assert fed.client.run(job, timeout=120).metadata["epsilon_spent"] == 0.6
+        with pytest.raises(JobFailed, match="exceed its budget"):
+            fed.client.run(job, timeout=120)
+        fed.restart_node("drc")
+        fed.client.wait_for_nodes(list(AGENCIES), timeout=30)
+        with pytest.raises(JobFailed, match="exceed its budget"):
+            fed.client.run(job, timeout=120)
+        status = fed.client.status(fed.client.submit(job))
+        assert status.state in ("submitted", "failed", "running")
+
+
+def test_a_node_policy_refusal_reaches_the_analyst(data_dir, tmp_path: Path):
+    strict = {"analysts": []}
+    nodes = [
+        LocalNode(
+            a, {"households": data_dir / a / "households.csv"}, policy=strict if a == "nrc" else {}
+        )
+        for a in AGENCIES
+    ]
+    with LocalFederation(nodes, tmp_path / "fed", session_timeout=60) as fed:
+        job_id = fed.client.submit(JOB)
+        with pytest.raises(JobFailed, match="node nrc refused: the analyst's key is not allowed"):
+            fed.client.wait(job_id, timeout=60)
+        state, reason = fed.client.status(job_id).nodes["nrc"]
+        assert state == "refused" and "not allowed" in reason
+        entries = [
+            json.loads(x) for x in (fed.workdir / "nrc" / "audit.jsonl").read_text().splitlines()
+        ]
+        refusal = [e for e in entries if e["job_id"] == job_id and e["event"] == "JOB_REFUSED"]
+        assert refusal and "not allowed" in refusal[0]["fields"]["reason"]

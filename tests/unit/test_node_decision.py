@@ -1,0 +1,113 @@
+"""A node's decision on offers: signatures, expiry, replay and each policy rule."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from jointstats.config import NodeConfig, Policy
+from jointstats.keys import Identity, Roster, new_member
+from jointstats.node.policy import Offer, decide
+from jointstats.node.state import NodeState
+from jointstats.signing import SignedJob, sign_job, signing_fingerprint
+from tests.conftest import JOB
+
+PARTIES = ["unhcr", "drc", "nrc"]
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    roster = Roster()
+    for name, role in (("alice", "analyst"), ("mallory", "analyst"), ("unhcr", "node")):
+        roster.members[name] = new_member(tmp_path / name, name, role)
+    alice = Identity.load(tmp_path / "alice")
+    policy = Policy(
+        analysts={
+            signing_fingerprint(roster.get("alice").sign_public): {
+                "households": ("region", "displacement_status")
+            }
+        },
+        partners=("drc", "nrc"),
+        budgets={"households": 1.0},
+        max_cells=20,
+    )
+    config = NodeConfig(
+        name="unhcr",
+        coordinator="",
+        roster=tmp_path / "roster.toml",
+        keys=tmp_path / "unhcr",
+        state_dir=tmp_path,
+        datasets={"households": {"path": "x.csv"}},
+        policy=policy,
+    )
+    state = NodeState(tmp_path / "node.sqlite")
+    return config, roster, state, alice, Identity.load(tmp_path / "mallory")
+
+
+def _offer(signed: SignedJob, parties: list[str] = PARTIES) -> Offer:
+    return Offer(signed, parties, parties)
+
+
+def test_a_signed_allowed_job_is_accepted(world) -> None:
+    config, roster, state, alice, _ = world
+    decision = decide(config, roster, state, _offer(sign_job(JOB, alice)))
+    assert decision.accept, decision.reason
+    assert decision.columns == {"households": ["region", "displacement_status"]}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (
+            lambda s: SignedJob(s.envelope.replace(b'"min_cell":10', b'"min_cell":1'), s.signature),
+            "signature",
+        ),
+        (lambda s: SignedJob(s.envelope, bytes(64)), "signature"),
+        (lambda s: SignedJob(b"{}", s.signature), "envelope"),
+    ],
+)
+def test_tampered_jobs_are_refused(world, mutate, reason: str) -> None:
+    config, roster, state, alice, _ = world
+    decision = decide(config, roster, state, _offer(mutate(sign_job(JOB, alice))))
+    assert not decision.accept and reason in decision.reason
+
+
+def test_expired_and_replayed_jobs_are_refused(world) -> None:
+    config, roster, state, alice, _ = world
+    expired = decide(config, roster, state, _offer(sign_job(JOB, alice, ttl=-1)))
+    assert not expired.accept and "expired" in expired.reason
+    signed = sign_job(JOB, alice)
+    assert decide(config, roster, state, _offer(signed)).accept
+    replay = decide(config, roster, state, _offer(signed))
+    assert not replay.accept and "replayed" in replay.reason
+
+
+def test_policy_rules_refuse_with_the_rule_named(world) -> None:
+    config, roster, state, alice, mallory = world
+    cases = [
+        (sign_job(JOB, mallory), PARTIES, "analyst's key is not allowed"),
+        (sign_job({**JOB, "sum": "income", "bounds": [0, 9]}, alice), PARTIES, "column(s) income"),
+        (sign_job({**JOB, "dataset": "census"}, alice), PARTIES, "does not serve dataset"),
+        (sign_job(JOB, alice), ["unhcr", "drc", "evil"], "does not compute with evil"),
+    ]
+    big = copy.deepcopy(JOB)
+    big["domains"]["region"] = [f"r{i}" for i in range(10)]
+    cases.append((sign_job(big, alice), PARTIES, "30 cells"))
+    for signed, parties, reason in cases:
+        decision = decide(config, roster, state, _offer(signed, parties))
+        assert not decision.accept and reason in decision.reason, decision.reason
+
+
+def test_the_budget_is_charged_before_computation_and_persists(world, tmp_path: Path) -> None:
+    config, roster, state, alice, _ = world
+    job = copy.deepcopy(JOB)
+    job["disclosure"]["epsilon"] = 0.6
+    assert decide(config, roster, state, _offer(sign_job(job, alice))).accept
+    state.close()
+    reopened = NodeState(tmp_path / "node.sqlite")
+    assert reopened.spent("households") == pytest.approx(0.6)
+    refused = decide(config, roster, reopened, _offer(sign_job(job, alice)))
+    assert not refused.accept and "exceed its budget" in refused.reason
+    assert reopened.spent("households") == pytest.approx(0.6)
