@@ -48,6 +48,7 @@ class Node:
         self.outbox: asyncio.Queue[wire_pb2.NodeMessage] = asyncio.Queue()
         self.sessions: dict[str, asyncio.Task[None]] = {}
         self.offers: dict[str, Decision] = {}
+        self.abort_reasons: dict[str, str] = {}
         self.slots = asyncio.Semaphore(config.max_sessions)
 
     def _send(self, **kind: Any) -> None:
@@ -89,6 +90,9 @@ class Node:
             stopper = asyncio.create_task(stop.wait())
             reader = asyncio.create_task(self._read(call))
             await asyncio.wait({stopper, reader}, return_when="FIRST_COMPLETED")
+            if stopper.done():
+                await self._abort_sessions("the node is shutting down")
+                await self._drain_outbox()
             stopper.cancel()
             if not reader.done():
                 call.cancel()
@@ -180,6 +184,7 @@ class Node:
         self.offers.pop(abort.job_id, None)
         task = self.sessions.pop(abort.job_id, None)
         if task is not None:
+            self.abort_reasons[abort.job_id] = f"coordinator aborted the job: {abort.reason}"
             task.cancel()
             log.info("SESSION_ABORTED job=%s reason=%s", abort.job_id, abort.reason)
 
@@ -236,8 +241,26 @@ class Node:
                 self._fail_session(job_id, answer.get("error", "session failed"))
         except JointstatsError as exc:
             self._fail_session(job_id, str(exc))
+        except asyncio.CancelledError:
+            reason = self.abort_reasons.pop(job_id, "aborted")
+            self._report(job_id, "failed", f"node {self.config.name}: {reason}")
+            self.audit.append("SESSION_ABORTED", job_id, reason=reason)
+            raise
         finally:
             self.sessions.pop(job_id, None)
+
+    async def _abort_sessions(self, reason: str) -> None:
+        for job_id, task in list(self.sessions.items()):
+            self.abort_reasons[job_id] = reason
+            task.cancel()
+        await asyncio.gather(*self.sessions.values(), return_exceptions=True)
+
+    async def _drain_outbox(self, seconds: float = 2.0) -> None:
+        """Give the stream a moment to deliver the last reports before it closes."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self.outbox.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
 
     def _fail_session(self, job_id: str, reason: str) -> None:
         self._report(job_id, "failed", reason)
@@ -245,10 +268,10 @@ class Node:
         log.warning("SESSION_FAILED job=%s reason=%s", job_id, reason)
 
     async def _shutdown(self) -> None:
-        for task in list(self.sessions.values()):
-            task.cancel()
-        await asyncio.gather(*self.sessions.values(), return_exceptions=True)
+        await self._abort_sessions("the node is shutting down")
         await self.pool.close()
+        self.state.close()
+        log.info("NODE_STOPPED node=%s", self.config.name)
 
 
 async def serve(config: NodeConfig) -> None:

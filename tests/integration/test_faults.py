@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from jointstats.audit import verify
 from jointstats.errors import JobFailed
 from jointstats.local import LocalFederation, LocalNode
 from tests.conftest import AGENCIES, JOB, REPO, pooled
@@ -69,3 +71,35 @@ def test_records_survive_a_coordinator_restart_and_nodes_reconnect(data_dir, tmp
         result = fed.client.run(JOB, timeout=60)
         expected = expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], 10)
         assert list(result.table["suppressed"]) == list(expected["suppressed"])
+
+
+def test_sigterm_aborts_sessions_cleanly_and_flushes_the_audit_log(data_dir, tmp_path):
+    with _federation(data_dir, tmp_path / "fed", SLOW) as fed:
+        job_id = fed.client.submit({**JOB, "inputs": list(AGENCIES)})
+        _wait_running(fed, job_id)
+        node = fed.processes["drc"]
+        workers = _session_workers(node.pid)
+        fed.stop_process("drc", signal.SIGTERM)
+        assert node.returncode == 0
+        with pytest.raises(JobFailed, match="drc"):
+            fed.client.wait(job_id, timeout=60)
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        log = fed.workdir / "drc" / "audit.jsonl"
+        assert verify(log).ok
+        events = [e["event"] for e in map(json.loads, log.read_text().splitlines())]
+        assert events[-1] == "SESSION_ABORTED"
+
+
+def test_ten_jobs_at_once_all_finish_correctly(federation, data_dir):
+    expected = {
+        k: expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], k) for k in range(10, 20)
+    }
+    jobs = {}
+    for k in expected:
+        job = {**JOB, "disclosure": {"min_cell": k}}
+        jobs[federation.client.submit(job)] = k
+    for job_id, k in jobs.items():
+        table = federation.client.wait(job_id, timeout=240).table
+        assert list(table["suppressed"]) == list(expected[k]["suppressed"])
+        released = ~expected[k]["suppressed"]
+        assert list(table.loc[released, "count"]) == list(expected[k].loc[released, "count"])
