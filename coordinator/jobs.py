@@ -187,8 +187,10 @@ class JobManager:
         self.active.pop(active.record.job_id, None)
 
     def on_disconnect(self, node: str, conn: NodeConn) -> None:
-        if self.nodes.get(node) is conn:
-            del self.nodes[node]
+        """The node's current stream ended: fail its jobs. An older, replaced stream is ignored."""
+        if self.nodes.get(node) is not conn:
+            return
+        del self.nodes[node]
         for job_id, active in list(self.active.items()):
             if node in active.plan.parties:
                 self.fail(job_id, f"node {node} disconnected during the job", culprit=node)

@@ -13,6 +13,7 @@ from jointstats.errors import AuthError, JobError
 from jointstats.v1 import wire_pb2
 
 CLOSE = None
+MAX_BACKLOG_BYTES = 1024 * 1024 * 1024  # frames queued for one party before the job fails
 
 
 @dataclass
@@ -21,6 +22,7 @@ class RelaySession:
     job_id: str
     parties: tuple[str, ...]
     inboxes: dict[int, asyncio.Queue] = field(default_factory=dict)
+    backlog: dict[int, int] = field(default_factory=dict)
 
     def inbox(self, pid: int) -> asyncio.Queue:
         if pid not in self.inboxes:
@@ -60,4 +62,12 @@ class Relay:
         if not 0 <= frame.to_pid < len(session.parties) or frame.to_pid == from_pid:
             raise JobError(f"frame addressed to no party ({frame.to_pid})")
         frame.from_pid = from_pid
+        queued = session.backlog.get(frame.to_pid, 0) + len(frame.data)
+        if queued > MAX_BACKLOG_BYTES:
+            raise JobError(f"party {frame.to_pid} is not reading; relay backlog over 1 GiB")
+        session.backlog[frame.to_pid] = queued
         session.inbox(frame.to_pid).put_nowait(frame)
+
+    @staticmethod
+    def delivered(session: RelaySession, pid: int, frame: wire_pb2.RelayFrame) -> None:
+        session.backlog[pid] = session.backlog.get(pid, 0) - len(frame.data)

@@ -102,10 +102,9 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
             if kind == "hello":
                 conn.datasets = set(message.hello.datasets)
                 old = self.jobs.nodes.get(name)
-                self.jobs.nodes[name] = conn
                 if old is not None and old is not conn:
-                    self.jobs.on_disconnect(name, old)
-                    self.jobs.nodes[name] = conn
+                    self.jobs.on_disconnect(name, old)  # a reconnect: the old stream's jobs fail
+                self.jobs.nodes[name] = conn
                 log.info("NODE_CONNECTED node=%s datasets=%s", name, sorted(conn.datasets))
             elif kind == "decision":
                 self.jobs.on_decision(name, message.decision)
@@ -123,6 +122,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
         pump = asyncio.create_task(self._pump(session, pid, request_iterator))
         try:
             while (frame := await inbox.get()) is not CLOSE:
+                self.relay.delivered(session, pid, frame)
                 yield frame
         finally:
             pump.cancel()

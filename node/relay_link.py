@@ -19,6 +19,7 @@ from jointstats.transport import CHUNK_BYTES, PairSeal, channel_credentials, cha
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
 MPC, PRSS, BYE, DATA = 0, 1, 2, 3
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # one sealed message, reassembled from chunks
 CLOSE_SECONDS = 5.0
 
 
@@ -32,6 +33,7 @@ class PeerLink:
         self.nbytes_sent = 0
         self.buffers: dict[int, object] = {}
         self._chunks: list[bytes] = []
+        self._chunk_bytes = 0
         self._early: list[bytes] = []  # sealed messages that arrived before we read the handshake
         self.handshake: asyncio.Future[bytes] = link.loop.create_future()
         self.prss: asyncio.Future[bytes] = link.loop.create_future()
@@ -66,9 +68,12 @@ class PeerLink:
 
     def on_chunk(self, data: bytes, final: bool) -> None:
         self._chunks.append(data)
+        self._chunk_bytes += len(data)
+        if self._chunk_bytes > MAX_MESSAGE_BYTES:
+            raise PeerError(f"party {self.peer_pid} sent a message over {MAX_MESSAGE_BYTES} bytes")
         if not final:
             return
-        message, self._chunks = b"".join(self._chunks), []
+        message, self._chunks, self._chunk_bytes = b"".join(self._chunks), [], 0
         if not self.handshake.done():
             self.handshake.set_result(message)
         elif not self.seal.ready:
@@ -84,8 +89,12 @@ class PeerLink:
 
     def _on_sealed(self, message: bytes) -> None:
         plaintext = self.seal.open(message)
+        if not plaintext:
+            raise PeerError(f"party {self.peer_pid} sent an empty message")
         kind, body = plaintext[0], plaintext[1:]
         if kind == MPC:
+            if len(body) < 8:
+                raise PeerError(f"party {self.peer_pid} sent a truncated MPC message")
             self._deliver(struct.unpack_from("<q", body)[0], body[8:])
         elif kind == PRSS and not self.prss.done():
             self.prss.set_result(body)

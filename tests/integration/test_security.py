@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jointstats.client import Client
 from jointstats.errors import AuthError, JobError, JobFailed
@@ -125,3 +127,25 @@ def test_expired_and_replayed_submissions_are_refused(federation):
     federation.client.wait(federation.client.submit_signed(signed), timeout=60)
     with pytest.raises(JobError, match="used before"):
         federation.client.submit_signed(signed)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payload=st.binary(max_size=300))
+def test_garbage_to_every_coordinator_method_never_breaks_it(federation, payload):
+    roster = Roster.load(federation.workdir / "roster.toml")
+    service = wire_pb2.DESCRIPTOR.services_by_name["Coordinator"]
+    for member in ("analyst", "unhcr"):
+        identity = Identity.load(federation.workdir / member / "keys")
+        with grpc.secure_channel(
+            federation.address, channel_credentials(identity, roster), options=channel_options()
+        ) as channel:
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                if method.client_streaming:
+                    call = channel.stream_stream(path)(iter([payload, payload]), timeout=5)
+                    with contextlib.suppress(grpc.RpcError):
+                        list(call)
+                else:
+                    with contextlib.suppress(grpc.RpcError):
+                        channel.unary_unary(path)(payload, timeout=5)
+    assert {n.name for n in federation.client.nodes() if n.online} >= {"unhcr", "drc", "nrc"}
