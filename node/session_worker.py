@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -189,6 +190,10 @@ def _public_error(exc: BaseException) -> tuple[str, str]:
 
 
 def main() -> int:
+    # The node owns this process: a SIGTERM to the whole group (systemd, Ctrl-C) must let the
+    # node abort the session, report it and log it; the node kills us itself.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     result_pipe = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # MPyC prints to stdout; keep the result pipe clean
     logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
