@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from jointstats.audit import AuditLog
 from jointstats.errors import AuthError
 from jointstats.keys import Member, Roster
 from jointstats.transport import caller_fingerprint
@@ -37,8 +38,9 @@ def current_caller() -> Member:
 
 
 class RosterAuth(grpc.aio.ServerInterceptor):
-    def __init__(self, roster: Roster) -> None:
+    def __init__(self, roster: Roster, audit: AuditLog | None = None) -> None:
         self._roster = roster
+        self._audit = audit
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> Member:
         try:
@@ -73,6 +75,10 @@ class RosterAuth(grpc.aio.ServerInterceptor):
 
     async def _deny(self, context: grpc.aio.ServicerContext, error: AuthError, method: str) -> None:
         log.warning("AUTH_REFUSED method=%s reason=%s", method, error)
+        if self._audit is not None:
+            self._audit.append(
+                "AUTH_REFUSED", method=method, reason=str(error), peer=context.peer()
+            )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
 
     def _wrap_unary(self, method: str, behavior: Callable) -> Callable:

@@ -7,12 +7,14 @@ submitted -> (every party accepts) -> running -> (every party reports the same t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from jointstats.audit import AuditLog
 from jointstats.errors import AuthError, JobError
 from jointstats.keys import Roster
 from jointstats.protocols import FederationView, Plan, parse_job
@@ -46,8 +48,10 @@ class ActiveJob:
 
 
 class JobManager:
-    def __init__(self, store: JobStore, roster: Roster, relay: Relay, job_timeout: float) -> None:
-        self.store, self.roster, self.relay = store, roster, relay
+    def __init__(
+        self, store: JobStore, roster: Roster, relay: Relay, job_timeout: float, audit: AuditLog
+    ) -> None:
+        self.store, self.roster, self.relay, self.audit = store, roster, relay, audit
         self.job_timeout = job_timeout
         self.nodes: dict[str, NodeConn] = {}
         self.active: dict[str, ActiveJob] = {}
@@ -90,6 +94,13 @@ class JobManager:
         for party in plan.parties:
             self._send(party, wire_pb2.CoordinatorMessage(offer=offer))
         log.info("JOB_SUBMITTED job=%s analyst=%s parties=%s", record.job_id, caller, plan.parties)
+        self.audit.append(
+            "JOB_SUBMITTED",
+            record.job_id,
+            caller,
+            envelope_sha256=signed.digest,
+            parties=list(plan.parties),
+        )
         return record.job_id
 
     def _expire(self, job_id: str) -> None:
@@ -165,6 +176,12 @@ class JobManager:
         active.record.state = "released"
         self._finish(active)
         log.info("RESULT_RELEASED job=%s", active.record.job_id)
+        self.audit.append(
+            "RESULT_RELEASED",
+            active.record.job_id,
+            active.record.submitted_by,
+            result_sha256=hashlib.sha256(active.record.result_json).hexdigest(),
+        )
 
     def fail(self, job_id: str, reason: str, culprit: str | None = None) -> None:
         active = self.active.get(job_id)
@@ -177,6 +194,7 @@ class JobManager:
                 self._send(party, wire_pb2.CoordinatorMessage(abort=abort))
         self._finish(active)
         log.warning("JOB_FAILED job=%s reason=%s", job_id, reason)
+        self.audit.append("JOB_FAILED", job_id, active.record.submitted_by, reason=reason)
 
     def _finish(self, active: ActiveJob) -> None:
         if active.deadline is not None:

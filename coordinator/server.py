@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from jointstats.audit import AuditLog
 from jointstats.config import CoordinatorConfig
 from jointstats.errors import JobError, JointstatsError
 from jointstats.keys import Identity, Roster
@@ -117,6 +118,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
             hello = await anext(request_iterator)
             session, pid = self.relay.join(hello, name)
         except (StopAsyncIteration, JointstatsError) as exc:
+            self.jobs.audit.append("AUTH_REFUSED", method="Relay", principal=name, reason=str(exc))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc) or "empty relay")
         inbox = session.inbox(pid)
         pump = asyncio.create_task(self._pump(session, pid, request_iterator))
@@ -146,8 +148,9 @@ async def serve(config: CoordinatorConfig) -> None:
     if failed:
         log.warning("marked %d unfinished job(s) failed after restart", failed)
     relay = Relay()
-    jobs = JobManager(store, roster, relay, config.job_timeout)
-    server = grpc.aio.server(interceptors=[RosterAuth(roster)], options=SERVER_OPTIONS)
+    audit = AuditLog(config.db.parent / "audit.jsonl", identity, identity.name)
+    jobs = JobManager(store, roster, relay, config.job_timeout, audit)
+    server = grpc.aio.server(interceptors=[RosterAuth(roster, audit)], options=SERVER_OPTIONS)
     wire_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(jobs, relay), server)
     port = server.add_secure_port(config.listen, server_credentials(identity, roster))
     if port == 0:

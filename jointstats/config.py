@@ -60,6 +60,7 @@ class Policy:
     min_cell: int = DEFAULT_MIN_CELL_FLOOR
     kinds: tuple[str, ...] = ("crosstab", "linked_crosstab")
     max_cells: int = 100_000
+    max_rows: int = 0  # rows a job may use from one dataset; 0 = no limit
     partners: tuple[str, ...] = ("*",)
     # analyst signing-key fingerprint -> dataset (or "*") -> allowed columns (or ["*"])
     analysts: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class Policy:
             min_cell=min_cell,
             kinds=tuple(doc.get("kinds", cls.kinds)),
             max_cells=int(doc.get("max_cells", cls.max_cells)),
+            max_rows=int(doc.get("max_rows", 0)),
             partners=tuple(doc.get("partners", cls.partners)),
             analysts=analysts,
             budgets=budgets,

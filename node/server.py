@@ -210,6 +210,7 @@ class Node:
             "roster": str(self.config.roster),
             "datasets": self.config.datasets,
             "timeout": self.config.session_timeout,
+            "max_rows": self.config.policy.max_rows,
         }
 
     async def _run_session(self, decision: Decision, start: wire_pb2.SessionStart) -> None:

@@ -32,7 +32,12 @@ from mpyc import runtime as mpyc_runtime  # noqa: E402
 
 sys.argv = _saved_argv
 
-from jointstats.errors import JointstatsError, PeerError, SessionTimeout  # noqa: E402
+from jointstats.errors import (  # noqa: E402
+    JointstatsError,
+    PeerError,
+    RefusedError,
+    SessionTimeout,
+)
 from jointstats.jobs import parse_job_bytes  # noqa: E402
 from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
@@ -59,6 +64,7 @@ class SessionSpec:
     roster: str
     datasets: dict[str, Any]
     timeout: float
+    max_rows: int = 0
 
     @property
     def pid(self) -> int:
@@ -146,6 +152,11 @@ async def run_session(spec: SessionSpec) -> tuple[dict[str, Any], dict[str, Any]
     timings = {"local": time.perf_counter() - started}
     facts_of = getattr(protocol, "local_facts", None)
     facts = facts_of(job, local) if facts_of is not None and local is not None else {}
+    if spec.max_rows and facts.get("rows_used", 0) > spec.max_rows:
+        raise RefusedError(
+            f"node {spec.node}: the job would use {facts['rows_used']} rows; "
+            f"this node's policy allows {spec.max_rows}"
+        )
     rt = _new_runtime(spec.pid, len(spec.parties))
     link = RelayLink(
         spec.coordinator, identity, Roster.load(Path(spec.roster)), spec.session_id, spec.pid

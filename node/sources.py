@@ -1,9 +1,21 @@
-"""Datasets a node serves, aggregated where they live (DuckDB over files)."""
+"""Datasets a node serves, aggregated where they live (DESIGN §5.1; docs/sources.md).
+
+A node config names each dataset in a `[datasets.NAME]` table. Files (CSV, Parquet, or a
+folder of them as one dataset) are read by DuckDB; PostgreSQL tables, views and read-only
+queries (node/sql_source.py) are aggregated by the database. Either way a job's aggregation is
+one GROUP BY in the engine, never rows in Python (except `read_text`, for record linkage).
+
+Every source answers the `Source` protocol. Engine errors can quote data, so their text goes to
+the node's local log only; users get one value-free line naming the dataset and column.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -11,7 +23,14 @@ import pyarrow as pa
 
 from jointstats.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 FILE_SUFFIXES = {".csv": "read_csv", ".tsv": "read_csv", ".parquet": "read_parquet"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf16": "utf-16",
+             "latin-1": "latin-1", "latin1": "latin-1", "iso-8859-1": "latin-1"}  # fmt: skip
+KINDS = ("text", "number", "date", "boolean")
+FILE_KEYS = {"path", "format", "delimiter", "encoding", "header", "glob", "columns"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +42,52 @@ class GroupedRows:
     sums: list[float] | None
     value_nulls: int
     value_non_numeric: int
+    weights: list[float] | None = None
+    weight_bad: int = 0  # empty, not a number, negative or not finite
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    name: str
+    kind: str  # one of KINDS, or "other"
+    engine_type: str
+    nulls: int
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What `jointstats node check` prints: shape and types, never a value."""
+
+    dataset: str
+    description: str
+    rows: int
+    columns: list[ColumnSummary]
+
+
+class Source(Protocol):
+    """A dataset as protocols see it."""
+
+    dataset: str
+
+    def columns(self) -> list[str]: ...
+
+    def column_types(self) -> dict[str, str]:
+        """Column name -> kind (text, number, date, boolean or other), in table order."""
+        ...
+
+    def require_columns(self, needed: list[str]) -> None: ...
+
+    def grouped(
+        self,
+        by: list[str],
+        value: str | None = None,
+        bounds: tuple[float, float] | None = None,
+        weight: str | None = None,
+    ) -> GroupedRows: ...
+
+    def read_text(self, columns: list[str]) -> pa.Table: ...
+
+    def summary(self) -> DatasetSummary: ...
 
 
 def _quote(identifier: str) -> str:
@@ -33,119 +98,282 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def parse_declared(dataset: str, spec: Any) -> dict[str, str]:
+    """`columns = {region = "text", income = "number"}` from a dataset's config table."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict) or not all(isinstance(k, str) for k in spec):
+        raise ConfigError(f"dataset {dataset}: `columns` maps column names to types")
+    wrong = [c for c, kind in spec.items() if kind not in KINDS]
+    if wrong:
+        raise ConfigError(
+            f"dataset {dataset}, column {wrong[0]}: type must be one of {', '.join(KINDS)}"
+        )
+    return dict(spec)
+
+
+def check_columns(
+    dataset: str, actual: dict[str, str], declared: dict[str, str], needed: list[str]
+) -> None:
+    """Needed and declared columns exist with compatible types (text accepts any type)."""
+    for column in [*needed, *declared]:
+        if column not in actual:
+            known = f"; declared columns: {', '.join(declared)}" if declared else ""
+            raise DataError(f"dataset {dataset} has no column {column!r}{known}")
+        kind = declared.get(column, "text")
+        if kind != "text" and actual[column] != kind:
+            raise DataError(
+                f"dataset {dataset}, column {column}: declared {kind} but the data holds "
+                f"{actual[column]} (some values are not {kind}s?)"
+            )
+
+
+def aggregate_sql(
+    q: Callable[[str], str],
+    number: Callable[[str], str],
+    double: str,
+    param: Callable[[str], str],
+    value: str | None,
+    bounds: tuple[float, float] | None,
+    weight: str | None,
+) -> list[str]:
+    """Aggregate expressions shared by the engines; `q` quotes a validated column name,
+    `number` casts to a float, `param` names a bound parameter (job values never enter SQL)."""
+    out = ["count(*)"]
+    if value:
+        x = number(q(value))
+        clipped = f"least(greatest({x}, {param('lo')}), {param('hi')})" if bounds else x
+        out += [
+            f"coalesce(sum({clipped}), 0)",
+            f"count(*) - count({q(value)})",
+            f"count({q(value)}) - count({x})",
+        ]
+    if weight:
+        w = number(q(weight))
+        finite = f"{w} >= 0 AND {w} < CAST('Infinity' AS {double})"  # NaN sorts above Infinity
+        out += [
+            f"coalesce(sum({w}), 0)",
+            f"count(*) - count({w}) + count(CASE WHEN NOT ({finite}) THEN 1 END)",
+        ]
+    return out
+
+
+def grouped_rows(rows: list[tuple], width: int, value: str | None, weight: str | None) -> GroupedRows:
+    """GroupedRows from result rows laid out as keys, then the `aggregate_sql` columns."""
+    w = width + 1 + (3 if value else 0)
+    return GroupedRows(
+        keys=[tuple(r[:width]) for r in rows],
+        counts=[int(r[width]) for r in rows],
+        sums=[float(r[width + 1]) for r in rows] if value else None,
+        value_nulls=sum(int(r[width + 2]) for r in rows) if value else 0,
+        value_non_numeric=sum(int(r[width + 3]) for r in rows) if value else 0,
+        weights=[float(r[w]) for r in rows] if weight else None,
+        weight_bad=sum(int(r[w + 1]) for r in rows) if weight else 0,
+    )
+
+
+def require_rows(dataset: str, grouped: GroupedRows) -> GroupedRows:
+    if not grouped.counts:
+        raise DataError(f"dataset {dataset} has no rows (an empty file or query?)")
+    return grouped
+
+
+def duckdb_kind(engine_type: str) -> str:
+    name = engine_type.upper()
+    if name == "VARCHAR":
+        return "text"
+    if name.startswith(("DECIMAL", "DOUBLE", "FLOAT", "REAL")) or name.rstrip("0123456789") in {
+        "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+        "UINTEGER", "UBIGINT", "UHUGEINT",
+    }:  # fmt: skip
+        return "number"
+    if name.startswith(("DATE", "TIMESTAMP", "TIME")):
+        return "date"
+    return "boolean" if name == "BOOLEAN" else "other"
+
+
 @dataclass(frozen=True)
 class FileSource:
-    """A CSV or Parquet file, read by DuckDB without loading rows into Python."""
+    """CSV or Parquet files (one, or a folder of them), read by DuckDB without loading rows
+    into Python."""
 
     dataset: str
     path: Path
+    format: str = ""  # "csv" or "parquet"; default from the suffix (a folder: csv)
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    header: bool = True
+    glob: str | None = None  # a folder: the files matching this pattern
+    declared: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if Path(self.path).suffix.lower() not in FILE_SUFFIXES:
+        suffix = Path(self.glob or self.path).suffix.lower()
+        fmt = self.format or FORMATS.get(suffix) or ("csv" if not suffix else "")
+        if fmt not in ("csv", "parquet"):
             raise ConfigError(
-                f"dataset {self.dataset}: {Path(self.path).name} is not a .csv or .parquet file"
+                f"dataset {self.dataset}: {Path(self.path).name} is not a .csv or .parquet file "
+                '(or set format = "csv" / "parquet")'
             )
+        if self.encoding.lower() not in ENCODINGS:
+            raise ConfigError(
+                f"dataset {self.dataset}: encoding must be utf-8, utf-16 or latin-1 "
+                "(convert other encodings first)"
+            )
+        object.__setattr__(self, "format", fmt)
+        object.__setattr__(self, "encoding", ENCODINGS[self.encoding.lower()])
 
-    def _relation(self) -> str:
-        reader = FILE_SUFFIXES[Path(self.path).suffix.lower()]
-        if reader == "read_csv":
-            return f"read_csv({_literal(str(self.path))}, header = true)"
-        return f"read_parquet({_literal(str(self.path))})"
+    def _files(self) -> list[Path]:
+        path = Path(self.path)
+        if path.is_dir():
+            pattern = self.glob or f"*.{self.format}"
+            files = sorted(p for p in path.glob(pattern) if p.is_file())
+            if not files:
+                raise DataError(f"dataset {self.dataset}: folder {path} has no {pattern} files")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise DataError(f"dataset {self.dataset}: file {path} does not exist")
+        for file in files:
+            if file.stat().st_size == 0:
+                raise DataError(f"dataset {self.dataset}: file {file.name} is empty")
+        return files
 
-    def _run(self, sql: str) -> list[tuple]:
-        if not Path(self.path).exists():
-            raise DataError(f"dataset {self.dataset}: file {self.path} does not exist")
+    def _relation(self, text: list[str] | tuple[str, ...] = (), pin: bool = True) -> str:
+        """The files as a DuckDB relation; `text` columns (and, with `pin`, the columns declared
+        text, which must exist) are read as text, exactly as stored."""
+        files = "[" + ", ".join(_literal(str(f)) for f in self._files()) + "]"
+        if self.format == "parquet":
+            return f"read_parquet({files}, union_by_name = true)"
+        options = [
+            f"header = {str(self.header).lower()}",
+            f"encoding = {_literal(self.encoding)}",
+            "union_by_name = true",
+        ]
+        if self.delimiter:
+            options.append(f"delim = {_literal(self.delimiter)}")
+        if not self.header and self.declared:
+            options.append(f"names = [{', '.join(_literal(c) for c in self.declared)}]")
+        declared = [c for c, kind in self.declared.items() if kind == "text" and pin]
+        pinned = dict.fromkeys([*text, *declared])
+        if pinned:
+            types = ", ".join(f"{_literal(c)}: 'VARCHAR'" for c in pinned)
+            options.append(f"types = {{{types}}}")
+        return f"read_csv({files}, {', '.join(options)})"
+
+    def _run(self, sql: str, params: dict | None = None, arrow: bool = False) -> Any:
         try:
             with duckdb.connect() as con:
-                return con.execute(sql).fetchall()
+                result = con.execute(sql, params or {})
+                return result.to_arrow_table() if arrow else result.fetchall()
         except duckdb.Error as exc:
-            kind = type(exc).__name__
-            raise DataError(
-                f"dataset {self.dataset}: cannot read {Path(self.path).name} ({kind}); "
-                "check that it is a well-formed CSV/Parquet file in UTF-8"
-            ) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: duckdb.Error) -> DataError:
+        """A value-free message; DuckDB's own text can quote data, so it goes to the log."""
+        log.info("dataset %s: DuckDB error: %s", self.dataset, exc)
+        text, name = str(exc).lower(), Path(self.path).name
+        if "unicode" in text or "encoded" in text:
+            hint = f"is not valid {self.encoding} text; set `encoding` (utf-8, utf-16, latin-1)"
+        elif "sniff" in text or "dialect" in text:
+            hint = "is not a CSV file DuckDB can parse; check `delimiter` and `header`"
+        elif "magic bytes" in text or self.format == "parquet":
+            hint = "is not a valid Parquet file (corrupt or truncated?)"
+        elif "number of columns" in text or "too many columns" in text:
+            hint = "has rows with a different number of fields; check `delimiter` and quoting"
+        else:
+            hint = f"cannot be read ({type(exc).__name__}); check that it is well-formed CSV"
+        return DataError(f"dataset {self.dataset}: {name} {hint}")
+
+    def column_types(self) -> dict[str, str]:
+        rows = self._run(f"DESCRIBE SELECT * FROM {self._relation(pin=False)}")
+        return {row[0]: duckdb_kind(row[1]) for row in rows}
 
     def columns(self) -> list[str]:
-        return [row[0] for row in self._run(f"DESCRIBE SELECT * FROM {self._relation()}")]
+        return list(self.column_types())
 
     def require_columns(self, needed: list[str]) -> None:
-        present = set(self.columns())
-        missing = [c for c in needed if c not in present]
-        if missing:
-            raise DataError(
-                f"dataset {self.dataset} has no column {', '.join(map(repr, missing))}; "
-                f"it has: {', '.join(sorted(present))}"
-            )
+        check_columns(self.dataset, self.column_types(), self.declared, needed)
 
     def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
         """Selected columns as numpy arrays (text cast to VARCHAR), for protocols that need
         records rather than aggregates (record linkage)."""
         self.require_columns(columns)
-        select = ", ".join(f"{_quote(c)}" for c in columns)
-        if not Path(self.path).exists():
-            raise DataError(f"dataset {self.dataset}: file {self.path} does not exist")
+        select = ", ".join(_quote(c) for c in columns)
         try:
             with duckdb.connect() as con:
                 return con.execute(f"SELECT {select} FROM {self._relation()}").fetchnumpy()
         except duckdb.Error as exc:
-            raise DataError(
-                f"dataset {self.dataset}: cannot read {Path(self.path).name} "
-                f"({type(exc).__name__}); check that it is well-formed CSV/Parquet in UTF-8"
-            ) from None
+            raise self._error(exc) from None
 
     def read_text(self, columns: list[str]) -> pa.Table:
         """Record-level columns as text exactly as stored (NULL when empty), for protocols that
         link records. CSV fields are not type-inferred, so an id "007" stays "007"."""
         self.require_columns(columns)
-        if FILE_SUFFIXES[Path(self.path).suffix.lower()] == "read_csv":
-            types = ", ".join(f"{_literal(c)}: 'VARCHAR'" for c in columns)
-            relation = f"read_csv({_literal(str(self.path))}, header = true, types = {{{types}}})"
-            select = ", ".join(_quote(c) for c in columns)
-        else:
-            relation = self._relation()
-            select = ", ".join(f"CAST({_quote(c)} AS VARCHAR) AS {_quote(c)}" for c in columns)
-        try:
-            with duckdb.connect() as con:
-                return con.sql(f"SELECT {select} FROM {relation}").to_arrow_table()
-        except duckdb.Error as exc:
-            raise DataError(
-                f"dataset {self.dataset}: cannot read {Path(self.path).name} "
-                f"({type(exc).__name__}); check that it is well-formed CSV/Parquet in UTF-8"
-            ) from None
+        select = ", ".join(f"CAST({_quote(c)} AS VARCHAR) AS {_quote(c)}" for c in columns)
+        return self._run(f"SELECT {select} FROM {self._relation(columns)}", arrow=True)
 
     def grouped(
-        self, by: list[str], value: str | None = None, bounds: tuple[float, float] | None = None
+        self,
+        by: list[str],
+        value: str | None = None,
+        bounds: tuple[float, float] | None = None,
+        weight: str | None = None,
     ) -> GroupedRows:
-        """One GROUP BY over the file: counts (and clipped sums of `value`) per `by` combination."""
-        self.require_columns(by + ([value] if value else []))
+        """One GROUP BY over the files: counts, clipped sums of `value` and sums of `weight`
+        per `by` combination (non-numbers are counted, not summed)."""
+        self.require_columns(by + [c for c in (value, weight) if c])
         keys = ", ".join(f"CAST({_quote(c)} AS VARCHAR)" for c in by)
-        aggregates = ["count(*)"]
-        if value:
-            number = f"TRY_CAST({_quote(value)} AS DOUBLE)"
-            clipped = number
-            if bounds:
-                clipped = f"least(greatest({number}, {float(bounds[0])!r}), {float(bounds[1])!r})"
-            aggregates += [
-                f"coalesce(sum({clipped}), 0)",
-                f"count(*) - count({_quote(value)})",
-                f"count({_quote(value)}) - count({number})",
-            ]
-        sql = f"SELECT {keys}, {', '.join(aggregates)} FROM {self._relation()} GROUP BY ALL"
-        rows = self._run(sql)
-        width = len(by)
-        return GroupedRows(
-            keys=[tuple(r[:width]) for r in rows],
-            counts=[int(r[width]) for r in rows],
-            sums=[float(r[width + 1]) for r in rows] if value else None,
-            value_nulls=sum(int(r[width + 2]) for r in rows) if value else 0,
-            value_non_numeric=sum(int(r[width + 3]) for r in rows) if value else 0,
+        aggregates = aggregate_sql(
+            _quote, lambda c: f"TRY_CAST({c} AS DOUBLE)", "DOUBLE", lambda p: f"${p}",
+            value, bounds, weight,
+        )  # fmt: skip
+        params = {"lo": bounds[0], "hi": bounds[1]} if value and bounds else None
+        sql = f"SELECT {keys}, {', '.join(aggregates)} FROM {self._relation(by)} GROUP BY ALL"
+        rows = self._run(sql, params)
+        return require_rows(self.dataset, grouped_rows(rows, len(by), value, weight))
+
+    def summary(self) -> DatasetSummary:
+        self.require_columns([])
+        described = self._run(f"DESCRIBE SELECT * FROM {self._relation()}")
+        counts = ", ".join(f"count(*) - count({_quote(row[0])})" for row in described)
+        row = self._run(f"SELECT count(*), {counts} FROM {self._relation()}")[0]
+        columns = [
+            ColumnSummary(name, duckdb_kind(kind), kind, int(nulls))
+            for (name, kind, *_), nulls in zip(described, row[1:], strict=True)
+        ]
+        files = self._files()
+        what = f"{len(files)} {self.format} files in {self.path}" if len(files) > 1 else ""
+        return DatasetSummary(
+            self.dataset, what or f"{self.format} file {files[0]}", int(row[0]), columns
         )
 
 
-def source_for(dataset: str, spec: dict | str | Path) -> FileSource:
-    """Build a source from a node config entry (a path, or a table with `path`)."""
-    if isinstance(spec, dict):
-        if "path" not in spec:
-            raise ConfigError(f"dataset {dataset}: give a `path` to a .csv or .parquet file")
-        spec = spec["path"]
-    return FileSource(dataset, Path(spec))
+def file_source(dataset: str, spec: dict[str, Any]) -> FileSource:
+    unknown = set(spec) - FILE_KEYS
+    if unknown:
+        raise ConfigError(f"dataset {dataset}: unknown field(s) {', '.join(sorted(unknown))}")
+    options = {k: spec[k] for k in ("format", "delimiter", "encoding", "glob") if k in spec}
+    if not all(isinstance(v, str) and v for v in options.values()):
+        raise ConfigError(f"dataset {dataset}: format, delimiter, encoding, glob must be text")
+    header = spec.get("header", True)
+    if not isinstance(header, bool):
+        raise ConfigError(f"dataset {dataset}: `header` must be true or false")
+    declared = parse_declared(dataset, spec.get("columns"))
+    return FileSource(dataset, Path(spec["path"]), header=header, declared=declared, **options)
+
+
+def source_for(dataset: str, spec: dict | str | Path) -> Source:
+    """Build a source from a node config entry: a path, a file table (`path`) or a
+    PostgreSQL table (`table`, `view` or `query`, with `url_env`, `url_file` or `url`)."""
+    if not isinstance(spec, dict):
+        return FileSource(dataset, Path(spec))
+    if "path" in spec:
+        return file_source(dataset, spec)
+    if any(k in spec for k in ("table", "view", "query")):
+        from jointstats.node.sql_source import sql_source  # SQLAlchemy only when needed
+
+        return sql_source(dataset, spec)
+    raise ConfigError(
+        f"dataset {dataset}: give a `path` (CSV/Parquet file or folder), "
+        "or a `table`, `view` or `query` with a database `url_env` / `url_file`"
+    )

@@ -135,3 +135,20 @@ def test_a_node_policy_refusal_reaches_the_analyst(data_dir, tmp_path: Path):
         ]
         refusal = [e for e in entries if e["job_id"] == job_id and e["event"] == "JOB_REFUSED"]
         assert refusal and "not allowed" in refusal[0]["fields"]["reason"]
+
+
+def test_row_limit_and_coordinator_audit(data_dir, tmp_path: Path):
+    nodes = [
+        LocalNode(
+            a,
+            {"households": data_dir / a / "households.csv"},
+            policy={"max_rows": 100} if a == "unhcr" else {},
+        )
+        for a in AGENCIES
+    ]
+    with LocalFederation(nodes, tmp_path / "fed", session_timeout=60) as fed:
+        with pytest.raises(JobFailed, match="would use 300 rows; this node's policy allows 100"):
+            fed.client.run(JOB, timeout=60)
+        log = fed.workdir / "coordinator" / "audit.jsonl"
+        events = [json.loads(x)["event"] for x in log.read_text().splitlines()]
+        assert events[:2] == ["JOB_SUBMITTED", "JOB_FAILED"]

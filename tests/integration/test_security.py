@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -103,6 +104,11 @@ def test_an_analyst_cannot_pose_as_a_party(federation):
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "may not call Relay" in refused.value.details()
     channel.close()
+    log = federation.workdir / "coordinator" / "audit.jsonl"
+    refusals = [
+        e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "AUTH_REFUSED"
+    ]
+    assert any("may not call Relay" in e["fields"]["reason"] for e in refusals)
 
 
 def test_a_coordinator_that_alters_a_job_cannot_get_it_run(data_dir, tmp_path):
