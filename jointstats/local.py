@@ -18,6 +18,7 @@ from pathlib import Path
 import tomli_w
 
 from jointstats.client import Client
+from jointstats.config import load_node_datasets
 from jointstats.errors import ConfigError, PeerError
 from jointstats.keys import Roster, new_member
 from jointstats.signing import signing_fingerprint
@@ -28,12 +29,14 @@ LOCAL_EPSILON_BUDGET = 100.0
 
 @dataclass
 class LocalNode:
-    """A node to run: its datasets (name -> file); none makes it a compute-only node."""
+    """A node to run: its datasets (name -> file or folder, or a [datasets.NAME] table as in a
+    node config, docs/sources.md); none makes it a compute-only node."""
 
     name: str
-    datasets: dict[str, Path] = field(default_factory=dict)
+    datasets: dict[str, Path | dict] = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # extra environment for its process
+    coordinator: str = ""  # dial this address instead (tests put a proxy in between)
 
     @property
     def role(self) -> str:
@@ -41,17 +44,22 @@ class LocalNode:
 
 
 def parse_node_option(option: str, nodes: dict[str, LocalNode]) -> None:
-    """`NAME=PATH` serves PATH as the dataset named by its stem; `NAME` is compute-only."""
+    """`NAME=PATH` serves a file or folder as the dataset named by its stem; `NAME=node.toml`
+    serves the datasets of a node config (its other fields are ignored); `NAME` is compute-only."""
     name, _, path = option.partition("=")
     name = name.strip()
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--node {option!r}: give NAME=PATH or NAME (letters, digits, - and _)")
     node = nodes.setdefault(name, LocalNode(name))
-    if path:
-        file = Path(path).expanduser().resolve()
-        if not file.is_file():
-            raise ConfigError(f"--node {option}: no such file {path}")
+    if not path:
+        return
+    file = Path(path).expanduser().resolve()
+    if file.suffix.lower() == ".toml" and file.is_file():
+        node.datasets.update(load_node_datasets(file))
+    elif file.is_file() or file.is_dir():
         node.datasets[file.stem] = file
+    else:
+        raise ConfigError(f"--node {option}: no such file or folder {path}")
 
 
 class LocalFederation:
@@ -111,12 +119,15 @@ class LocalFederation:
     def _write_node_config(self, node: LocalNode, address: str) -> Path:
         config = {
             "name": node.name,
-            "coordinator": address,
+            "coordinator": node.coordinator or address,
             "roster": "../roster.toml",
             "keys": "keys",
             "state_dir": ".",
             "session_timeout": self.session_timeout,
-            "datasets": {name: {"path": str(path)} for name, path in node.datasets.items()},
+            "datasets": {
+                name: entry if isinstance(entry, dict) else {"path": str(entry)}
+                for name, entry in node.datasets.items()
+            },
             "policy": self._permissive_policy(node),
         }
         path = self.workdir / node.name / "node.toml"

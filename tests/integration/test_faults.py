@@ -15,6 +15,7 @@ from jointstats.errors import JobFailed
 from jointstats.local import LocalFederation, LocalNode
 from tests.conftest import AGENCIES, JOB, REPO, pooled
 from tests.plaintext import expected_crosstab
+from tests.proxy import CuttableProxy
 
 SLOW = {"JOINTSTATS_SESSION_WORKER": "tests.fakes.slow_worker", "PYTHONPATH": str(REPO)}
 
@@ -40,24 +41,32 @@ def _wait_running(fed: LocalFederation, job_id: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_node_killed_mid_session_fails_the_job_naming_it(data_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("victim", "inputs", "afterwards"),
+    [
+        ("nrc", list(AGENCIES), ["unhcr", "drc"]),  # a data node; jips fills in afterwards
+        ("jips", ["unhcr", "drc"], list(AGENCIES)),  # the compute-only node
+    ],
+)
+def test_a_party_killed_mid_session_fails_the_job_naming_it(
+    data_dir, tmp_path, victim, inputs, afterwards
+):
     with _federation(data_dir, tmp_path / "fed", SLOW) as fed:
-        job_id = fed.client.submit({**JOB, "inputs": list(AGENCIES)})
+        job_id = fed.client.submit({**JOB, "inputs": inputs})
         _wait_running(fed, job_id)
         time.sleep(1.0)
         assert len(_session_workers(fed.processes["unhcr"].pid)) == 2  # busy one + spare
-        fed.stop_process("nrc", signal.SIGKILL)
+        fed.stop_process(victim, signal.SIGKILL)
         started = time.monotonic()
-        with pytest.raises(JobFailed, match="nrc"):
+        with pytest.raises(JobFailed, match=victim):
             fed.client.wait(job_id, timeout=60)
         assert time.monotonic() - started < 60
         time.sleep(1.0)
         for survivor in ("unhcr", "drc"):
             # only the warm spare is left: the aborted session's worker was killed
             assert len(_session_workers(fed.processes[survivor].pid)) == 1
-        survivors = {**JOB, "inputs": ["unhcr", "drc"]}  # jips fills the session
-        result = fed.client.run(survivors, timeout=60)
-        assert result.metadata["parties"] == ["unhcr", "drc", "jips"]
+        result = fed.client.run({**JOB, "inputs": afterwards}, timeout=60)
+        assert victim not in result.metadata["parties"]
 
 
 def test_records_survive_a_coordinator_restart_and_nodes_reconnect(data_dir, tmp_path):
@@ -103,3 +112,32 @@ def test_ten_jobs_at_once_all_finish_correctly(federation, data_dir):
         assert list(table["suppressed"]) == list(expected[k]["suppressed"])
         released = ~expected[k]["suppressed"]
         assert list(table.loc[released, "count"]) == list(expected[k].loc[released, "count"])
+
+
+def test_a_network_cut_fails_the_job_cleanly_and_the_node_reconnects(data_dir, tmp_path):
+    holder: dict[str, LocalFederation] = {}
+    proxy = CuttableProxy(lambda: holder["fed"].address)
+    nodes = [
+        LocalNode(
+            a,
+            {"households": data_dir / a / "households.csv"},
+            env=SLOW,
+            coordinator=proxy.address if a == "nrc" else "",
+        )
+        for a in AGENCIES
+    ]
+    fed = LocalFederation(nodes, tmp_path / "fed", session_timeout=30)
+    holder["fed"] = fed
+    with fed:
+        job_id = fed.client.submit(JOB)
+        _wait_running(fed, job_id)
+        proxy.cut()
+        with pytest.raises(JobFailed, match="nrc"):
+            fed.client.wait(job_id, timeout=60)
+        time.sleep(3)
+        proxy.restore()
+        fed.client.wait_for_nodes(list(AGENCIES), timeout=30)
+        result = fed.client.run(JOB, timeout=60)
+        expected = expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], 10)
+        assert list(result.table["suppressed"]) == list(expected["suppressed"])
+    proxy.close()
