@@ -12,7 +12,7 @@ import grpc
 from jointstats.audit import AuditLog
 from jointstats.config import CoordinatorConfig
 from jointstats.errors import JobError, JointstatsError
-from jointstats.keys import Identity, Roster
+from jointstats.keys import Identity, RosterFile
 from jointstats.signing import SignedJob
 from jointstats.transport import SERVER_OPTIONS, server_credentials
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
@@ -23,6 +23,7 @@ from .relay import CLOSE, Relay
 from .store import JobStore
 
 log = logging.getLogger(__name__)
+ROSTER_POLL_SECONDS = 1.0
 
 
 class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
@@ -88,7 +89,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
             while True:
                 getter = asyncio.create_task(conn.outbox.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when="FIRST_COMPLETED")
-                if getter not in done:
+                if getter not in done or getter.result() is None:  # stream ended or revoked
                     getter.cancel()
                     break
                 yield getter.result()
@@ -140,8 +141,23 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
             )
 
 
+async def _watch_roster(roster_file: RosterFile, jobs: JobManager) -> None:
+    """Apply roster edits while running: revoked members lose their streams at once."""
+    while True:
+        await asyncio.sleep(ROSTER_POLL_SECONDS)
+        if not roster_file.refresh():
+            continue
+        log.info("ROSTER_RELOADED members=%s", sorted(roster_file.roster.members))
+        for name, conn in list(jobs.nodes.items()):
+            member = roster_file.roster.members.get(name)
+            if member is None or member.role not in ("node", "compute"):
+                jobs.audit.append("MEMBER_REVOKED", principal=name)
+                conn.outbox.put_nowait(None)
+
+
 async def serve(config: CoordinatorConfig) -> None:
-    roster = Roster.load(config.roster)
+    roster_file = RosterFile(config.roster)
+    roster = roster_file.roster
     identity = Identity.load(config.keys)
     store = JobStore(config.db)
     failed = store.fail_unfinished("the coordinator restarted while the job was in flight")
@@ -152,7 +168,7 @@ async def serve(config: CoordinatorConfig) -> None:
     jobs = JobManager(store, roster, relay, config.job_timeout, audit)
     server = grpc.aio.server(interceptors=[RosterAuth(roster, audit)], options=SERVER_OPTIONS)
     wire_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(jobs, relay), server)
-    port = server.add_secure_port(config.listen, server_credentials(identity, roster))
+    port = server.add_secure_port(config.listen, server_credentials(identity, roster_file))
     if port == 0:
         raise JointstatsError(f"cannot listen on {config.listen}")
     await server.start()
@@ -165,6 +181,8 @@ async def serve(config: CoordinatorConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_roster(roster_file, jobs))
     await stop.wait()
+    watcher.cancel()
     await server.stop(grace=2.0)
     store.close()

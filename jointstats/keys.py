@@ -12,6 +12,7 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from jointstats.errors import ConfigError
 
+log = logging.getLogger(__name__)
 ROLES = ("coordinator", "node", "compute", "analyst")
 CERT_DAYS = 825
 # Clients pin the coordinator's certificate; this name in its SAN lets them dial any address.
@@ -122,6 +124,38 @@ class Roster:
             member = Member.from_toml(entry, str(path))
             roster.members[member.name] = member
         return roster
+
+
+class RosterFile:
+    """A roster that follows its file: `refresh()` reloads it in place when the file changed,
+    so that every holder of `.roster` sees added and revoked members."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.roster = Roster.load(self.path)
+        self.version = 0
+        self._mtime = self._stat()
+
+    def _stat(self) -> float:
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError:
+            return -1
+
+    def refresh(self) -> bool:
+        mtime = self._stat()
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            fresh = Roster.load(self.path)
+        except ConfigError as exc:
+            log.error("roster %s not reloaded (keeping the previous one): %s", self.path, exc)
+            return False
+        self.roster.members.clear()
+        self.roster.members.update(fresh.members)
+        self.version += 1
+        return True
 
 
 @dataclass(frozen=True)

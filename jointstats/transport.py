@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jointstats.errors import AuthError, PeerError
-from jointstats.keys import COORDINATOR_TLS_NAME, Identity, Roster, cert_fingerprint
+from jointstats.keys import COORDINATOR_TLS_NAME, Identity, Roster, RosterFile, cert_fingerprint
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
@@ -39,11 +39,26 @@ SERVER_OPTIONS = GRPC_OPTIONS + [
 ]
 
 
-def server_credentials(identity: Identity, roster: Roster) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials(
-        [(identity.tls_key_pem, identity.tls_cert_pem)],
-        root_certificates=roster.trust_bundle(),
-        require_client_auth=True,
+def server_credentials(identity: Identity, roster_file: RosterFile) -> grpc.ServerCredentials:
+    """Client certificates must chain to the roster; a changed roster file takes effect at the
+    next handshake (gRPC asks the fetcher before each one)."""
+    served = {"version": roster_file.version}
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(identity.tls_key_pem, identity.tls_cert_pem)],
+            root_certificates=roster_file.roster.trust_bundle(),
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        roster_file.refresh()
+        if roster_file.version == served["version"]:
+            return None
+        served["version"] = roster_file.version
+        return configuration()
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(), fetch, require_client_authentication=True
     )
 
 

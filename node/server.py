@@ -17,7 +17,7 @@ from jointstats.audit import AuditLog
 from jointstats.config import NodeConfig
 from jointstats.errors import JointstatsError
 from jointstats.jobs import canonical_json
-from jointstats.keys import Identity, Roster
+from jointstats.keys import Identity, RosterFile
 from jointstats.signing import SignedJob
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
@@ -40,7 +40,8 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.identity = Identity.load(config.keys)
-        self.roster = Roster.load(config.roster)
+        self.roster_file = RosterFile(config.roster)
+        self.roster = self.roster_file.roster  # updated in place by refresh()
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.pool = WorkerPool(config.state_dir / "sessions.log")
         self.state = NodeState(config.state_dir / "node.sqlite")
@@ -111,6 +112,8 @@ class Node:
                 self._on_abort(message.abort)
 
     def _on_offer(self, offer: wire_pb2.JobOffer) -> None:
+        if self.roster_file.refresh():
+            log.info("ROSTER_RELOADED members=%s", sorted(self.roster.members))
         signed = SignedJob(offer.envelope, offer.signature)
         self.audit.append(
             "JOB_RECEIVED",

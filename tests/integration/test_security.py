@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pickle
+import time
 from pathlib import Path
 
 import grpc
@@ -155,3 +156,22 @@ def test_garbage_to_every_coordinator_method_never_breaks_it(federation, payload
                     with contextlib.suppress(grpc.RpcError):
                         channel.unary_unary(path)(payload, timeout=5)
     assert {n.name for n in federation.client.nodes() if n.online} >= {"unhcr", "drc", "nrc"}
+
+
+def test_a_member_removed_from_the_roster_is_cut_off(data_dir, tmp_path):
+    with LocalFederation(_nodes(data_dir), tmp_path / "fed", 30) as fed:
+        roster_path = fed.workdir / "roster.toml"
+        roster = Roster.load(roster_path)
+        del roster.members["nrc"]
+        roster.save(roster_path)
+        deadline = time.monotonic() + 20
+        while any(n.name == "nrc" and n.online for n in fed.client.nodes()):
+            assert time.monotonic() < deadline, "the revoked node is still connected"
+            time.sleep(0.2)
+        time.sleep(2)  # its reconnect attempts are refused in the TLS handshake
+        assert not any(n.name == "nrc" and n.online for n in fed.client.nodes())
+        with pytest.raises(JobError, match="unknown node 'nrc'"):
+            fed.client.submit({**JOB, "inputs": list(AGENCIES)})
+        log = fed.workdir / "coordinator" / "audit.jsonl"
+        events = [json.loads(x) for x in log.read_text().splitlines()]
+        assert any(e["event"] == "MEMBER_REVOKED" and e["principal"] == "nrc" for e in events)
