@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from jointstats.errors import JobError
-from jointstats.protocols import crosstab
+from jointstats.protocols import crosstab, linked_crosstab
 from jointstats.protocols.base import FederationView, JobProtocol, Plan, SessionContext
 
 REGISTRY: dict[str, JobProtocol] = {
     crosstab.PROTOCOL.kind: crosstab.PROTOCOL,
+    linked_crosstab.PROTOCOL.kind: linked_crosstab.PROTOCOL,
 }
 
 

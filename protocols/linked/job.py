@@ -1,0 +1,164 @@
+"""The linked crosstab job: schema, validation and the session plan."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from jointstats.errors import JobError
+from jointstats.protocols.base import FederationView, Plan
+from jointstats.protocols.crosstab import MAX_CELLS, OTHER, _parse_domains, _require, _string_list
+
+KIND = "linked_crosstab"
+FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure"}
+SIDE_FIELDS = {"node", "dataset", "key", "by", "normalize", "duplicates", "weight"}
+DISCLOSURE_FIELDS = {"min_cell", "release_zeros"}
+NORMALIZATIONS = ("nfkc", "casefold", "strip")  # always applied in this order
+DUPLICATE_POLICIES = ("error", "first")
+MAX_SIDE_CELLS = 1_000  # width of a side's one-hot encoding (memory: records x width x 8 bytes)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One data holder's part of the job."""
+
+    node: str
+    dataset: str
+    key: str
+    by: tuple[str, ...]
+    normalize: tuple[str, ...] = ()
+    duplicates: str = "error"
+    weight: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.key, *self.by] + ([self.weight] if self.weight else [])
+
+
+@dataclass(frozen=True)
+class LinkedJob:
+    helper: str
+    left: Side
+    right: Side
+    domains: dict[str, tuple[str, ...]]
+    other: bool = False
+    min_cell: int = 5
+    release_zeros: bool = False
+
+    def cell_domains(self, side: Side) -> list[tuple[str, ...]]:
+        """Per `by` column of a side, its categories as the table shows them."""
+        extra = (OTHER,) if self.other else ()
+        return [self.domains[c] + extra for c in side.by]
+
+    def width(self, side: Side) -> int:
+        """Number of cells of one side's part of the table (its one-hot width)."""
+        return math.prod(len(d) for d in self.cell_domains(side))
+
+    @property
+    def n_cells(self) -> int:
+        return self.width(self.left) * self.width(self.right)
+
+    @property
+    def weighted(self) -> bool:
+        return self.right.weight is not None
+
+
+def _parse_side(doc: dict[str, Any], name: str) -> Side:
+    table = doc.get(name)
+    _require(isinstance(table, dict), f"the job needs a [{name}] table (node, dataset, key, by)")
+    unknown = set(table) - SIDE_FIELDS
+    _require(not unknown, f"unknown field(s) in [{name}]: {', '.join(sorted(unknown))}")
+    for field in ("node", "dataset", "key"):
+        value = table.get(field)
+        _require(isinstance(value, str) and value, f"[{name}] needs `{field}` (a name)")
+    by = _string_list(table.get("by"), f"{name}.by")
+    _require(len(set(by)) == len(by), f"[{name}] `by` names a column twice")
+    normalize = table.get("normalize", [])
+    _require(
+        isinstance(normalize, list) and all(n in NORMALIZATIONS for n in normalize),
+        f"[{name}] `normalize` is a list of {', '.join(map(repr, NORMALIZATIONS))}",
+    )
+    duplicates = table.get("duplicates", "error")
+    _require(
+        duplicates in DUPLICATE_POLICIES,
+        f"[{name}] `duplicates` must be {' or '.join(map(repr, DUPLICATE_POLICIES))}",
+    )
+    weight = table.get("weight")
+    _require(weight is None or name == "right", "`weight` goes in [right] (the survey side)")
+    _require(weight is None or (isinstance(weight, str) and weight), "`weight` names one column")
+    _require(table["key"] not in by, f"[{name}] the key cannot also be a `by` column")
+    _require(weight not in (table["key"], *by), f"[{name}] `weight` cannot be the key or `by`")
+    normalized = tuple(n for n in NORMALIZATIONS if n in normalize)
+    return Side(table["node"], table["dataset"], table["key"], by, normalized, duplicates, weight)
+
+
+def _parse_disclosure(doc: dict[str, Any]) -> tuple[int, bool]:
+    table = doc.get("disclosure", {})
+    _require(isinstance(table, dict), "[disclosure] must be a table")
+    unknown = set(table) - DISCLOSURE_FIELDS
+    _require(
+        not unknown,
+        f"field(s) in [disclosure] not supported for {KIND}: {', '.join(sorted(unknown))}",
+    )
+    min_cell = table.get("min_cell", 5)
+    _require(
+        isinstance(min_cell, int) and not isinstance(min_cell, bool) and min_cell >= 1,
+        "`min_cell` must be a whole number >= 1",
+    )
+    release_zeros = table.get("release_zeros", False)
+    _require(isinstance(release_zeros, bool), "`release_zeros` must be true or false")
+    return min_cell, release_zeros
+
+
+def parse(doc: dict[str, Any]) -> LinkedJob:
+    unknown = set(doc) - FIELDS
+    _require(not unknown, f"unknown field(s) in {KIND} job: {', '.join(sorted(unknown))}")
+    helper = doc.get("helper")
+    _require(isinstance(helper, str) and bool(helper), "`helper` must name the third party")
+    left, right = _parse_side(doc, "left"), _parse_side(doc, "right")
+    shared = set(left.by) & set(right.by)
+    _require(
+        not shared,
+        f"`by` column(s) {', '.join(sorted(shared))} appear on both sides; "
+        "the table needs distinct column names",
+    )
+    domains, other = _parse_domains(doc, left.by + right.by)
+    min_cell, release_zeros = _parse_disclosure(doc)
+    job = LinkedJob(helper, left, right, domains, other, min_cell, release_zeros)
+    for name, side in (("left", left), ("right", right)):
+        _require(
+            job.width(side) <= MAX_SIDE_CELLS,
+            f"the [{name}] `by` columns have {job.width(side)} combinations; "
+            f"at most {MAX_SIDE_CELLS}",
+        )
+    _require(job.n_cells <= MAX_CELLS, f"the table has {job.n_cells} cells; at most {MAX_CELLS}")
+    return job
+
+
+def plan(job: LinkedJob, view: FederationView) -> Plan:
+    """Parties (left, right, helper): the helper must be a third node, not a data holder."""
+    nodes = (job.left.node, job.right.node, job.helper)
+    for name in nodes:
+        _require(name in view.roles, f"unknown node {name!r}: it is not in the roster")
+        _require(name in view.online, f"node {name!r} is not connected")
+    _require(job.left.node != job.right.node, "[left] and [right] must be different nodes")
+    if job.helper in (job.left.node, job.right.node):
+        raise JobError(
+            f"helper {job.helper!r} holds one side's data; the helper must be a third node "
+            "(a compute-only node is fine)"
+        )
+    for side in (job.left, job.right):
+        _require(
+            side.dataset in view.datasets.get(side.node, ()),
+            f"node {side.node!r} does not expose dataset {side.dataset!r}",
+        )
+    return Plan(nodes, nodes[:2])
+
+
+def columns_used(job: LinkedJob, node: str) -> dict[str, list[str]]:
+    used: dict[str, list[str]] = {}
+    for side in (job.left, job.right):
+        if side.node == node:
+            used.setdefault(side.dataset, []).extend(side.columns)
+    return used

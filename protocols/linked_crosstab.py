@@ -1,0 +1,103 @@
+"""Linked cross-tabulation between a registry and a survey about the same people (DESIGN §5.2).
+
+Inputs: a left node A (e.g. a ministry's registry) and a right node B (e.g. a survey), each with
+a dataset, a key column (national id) and `by` columns with declared domains; optionally a
+survey `weight` on the right; a helper H, a third node (compute-only is fine) that acts as the
+linkage unit. Output: one row per cell of the product of the left then the right domains, in
+domain order: the left `by` values, the right `by` values, `count` (and `weighted_count`),
+`suppressed`; metadata `matched` (records linked, itself suppressed below the threshold).
+
+Steps (parties A = left, B = right, H = helper; MPyC party ids follow the plan's order):
+1. normalize: A and B read their records, normalize keys (NFKC, casefold, strip, as the job
+   asks), drop empty keys, resolve duplicates (error, or keep the first in file order), encode
+   each record's `by` combination as a cell index (values outside a domain are an error, as a
+   count per column, or map to "other"), and shuffle with a fresh secret permutation.
+2. tag: A and B agree a fresh key over their sealed channel (ephemeral X25519 + HKDF-SHA256;
+   the channel is end-to-end authenticated with roster keys, so H and the coordinator never
+   see it) and send H the 16-byte keyed BLAKE2b tags of their keys, in shuffled order.
+3. match: H joins the tags into pairs (i_k, j_k) in a fresh random order, sends the i list to
+   B and the j list to A.
+4. share: A sends B its one-hot matrix U minus a mask R, and H a seed that expands to R; B
+   does the same with V (one-hot, plus a weighted copy when the job has a weight). The holders
+   of the two shares of U (B and H, who know i) select the matched rows and re-share them
+   into 3-party replicated secret sharing over Z_2^64 (each share held by two parties, the
+   share that A holds is pseudorandom from seeds A shares); likewise V with A, H and j.
+5. product and disclose: each party multiplies its shares locally (three of the nine terms of
+   U_M^T V_M) and adds a pseudorandom zero sharing, so the three d_A x d_B partial tables are
+   a uniform additive sharing of T mod 2^64. For the counts, A and H send their partials to
+   B, H's plus a random r < 2^63, so B holds T + r exactly; B inputs T + r and H inputs r into
+   one MPyC session (SecInt(64)), which subtracts, computes b = [count >= k] (or count == 0
+   with `release_zeros`), opens b, then only the released counts. Weighted counts (weights
+   as integers in millionths; suppression uses the unweighted count) are opened for released
+   cells only, each party broadcasting its uniformly random partial.
+
+Threat model: semi-honest, honest majority of the three parties (no two of A, B, H collude);
+the coordinator relays only ciphertext (learns sizes and timing).
+
+Leakage (what a party learns besides the released table and its own data):
+- A learns |B| (rows of B's masked matrix) and n (length of its index list); B learns |A|
+  and n; H learns |A|, |B|, n and the match pattern between the two shuffled tag lists.
+- The index lists reveal nothing else: A receives j_k, positions in B's secret shuffled order,
+  which A has never seen, so the list is a uniformly random set of n positions among |B|;
+  B's i list likewise. Neither learns which of its own records matched: the positions of its
+  own records in the match (A's i, B's j) go only to the other data holder and to H.
+- Every share a party receives is masked by a pseudorandom value from a seed it does not
+  hold (R and S for the masked one-hot matrices, the pair seeds for the re-sharing), so it is
+  uniformly distributed; the MPyC session opens only the suppression flags and released cells.
+- H sees only tags under a key fresh for the job, so it cannot invert them by trying ids
+  (it lacks the key) nor link people across jobs; it never sees attributes.
+- B sees T + r per cell with r < 2^63: statistically hiding, distance at most n / 2^63.
+- n is revealed to all three parties; `matched` in the result is suppressed below min_cell.
+  Hiding n (padding with dummies) is a later goal.
+
+References: DESIGN §5.2; docs/protocols/linked_crosstab.md; docs/adr/0004-linkage-protocol.md;
+replicated secret sharing: Araki, Furukawa, Lindell, Nof, Ohara, "High-throughput semi-honest
+secure three-party computation with an honest majority", CCS 2016.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jointstats.protocols.base import FederationView, Plan, SessionContext
+from jointstats.protocols.linked import job as schema
+from jointstats.protocols.linked import program
+from jointstats.protocols.linked.job import LinkedJob
+from jointstats.protocols.linked.records import Records, prepare
+
+
+class LinkedCrosstab:
+    kind = schema.KIND
+
+    def parse(self, doc: dict[str, Any]) -> LinkedJob:
+        return schema.parse(doc)
+
+    def plan(self, job: LinkedJob, view: FederationView) -> Plan:
+        return schema.plan(job, view)
+
+    def columns_used(self, job: LinkedJob, node: str) -> dict[str, list[str]]:
+        return schema.columns_used(job, node)
+
+    def min_cell(self, job: LinkedJob) -> int:
+        return job.min_cell
+
+    def local_step(self, job: LinkedJob, node: str, sources: dict[str, Any]) -> Records:
+        side = job.left if node == job.left.node else job.right
+        return prepare(job, side, node, sources)
+
+    def local_facts(self, job: LinkedJob, local: Records) -> dict[str, Any]:
+        """What this node's audit log records about its own side (counts, never values)."""
+        return {
+            "rows_read": local.read,
+            "rows_used": len(local),
+            "empty_keys_dropped": local.empty_keys,
+            "duplicates_dropped": local.duplicates,
+        }
+
+    async def mpc_program(
+        self, job: LinkedJob, ctx: SessionContext, local: Records | None
+    ) -> dict[str, Any]:
+        return await program.run(job, ctx, local)
+
+
+PROTOCOL = LinkedCrosstab()
