@@ -11,6 +11,11 @@ For each size N (rows per node; three nodes unhcr, drc, nrc, each with one synth
   node's phase timings (local = DuckDB GROUP BY, connect = MPC session set-up, mpc = the MPC).
 - local: `jointstats local JOB --node ... --out ...` as a subprocess, start-up included (once).
 
+On a shared machine other work skews every figure: before each timed section the script waits
+(up to --idle-timeout) until the CPUs are nearly idle, and afterwards measures the share of the
+CPUs that other processes took meanwhile (from /proc); above --foreign-limit it redoes the timing
+(up to --attempts tries). Both shares are recorded with every timing.
+
 Every released table is checked against pandas: unsuppressed counts and sums equal, and exactly
 the cells below min_cell suppressed. The run fails loudly otherwise.
 
@@ -34,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,132 @@ JOB: dict[str, Any] = {
     "domains": DOMAINS,
     "disclosure": {"min_cell": MIN_CELL},
 }
+
+
+@dataclass(frozen=True)
+class Settings:
+    repeats: int = 3
+    pause: float = 2.0  # seconds before each latency run
+    idle_below: float = 0.15  # wait until the machine's CPUs are at most this busy (0: don't)
+    idle_timeout: float = 600.0
+    foreign_limit: float = 0.10  # redo a timing if other processes used more of the CPUs
+    attempts: int = 5
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float
+    value: Any
+    busy_before: float | None  # share of the CPUs busy just before starting
+    foreign: float | None  # share of the CPUs other processes used (or stolen) meanwhile
+    attempts: int
+
+    def record(self) -> dict[str, Any]:
+        keys = ("seconds", "busy_before", "foreign", "attempts")
+        return {f"cpu_{k}" if k != "seconds" else k: getattr(self, k) for k in keys}
+
+
+# --- a quiet machine ------------------------------------------------------------------------
+# The machine may be shared: before each timed section wait until its CPUs are idle, and
+# afterwards measure how much CPU other processes (not this one or its descendants) took
+# meanwhile; above --foreign-limit the timing is redone.
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_line() -> list[int]:
+    """user nice system idle iowait irq softirq steal, in jiffies over all CPUs."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over the next `seconds` (None where /proc/stat is missing)."""
+    try:
+        before = _stat_line()
+        time.sleep(seconds)
+        after = _stat_line()
+    except OSError:
+        return None
+    idle = (after[3] + after[4]) - (before[3] + before[4])
+    return 1.0 - idle / max(sum(after) - sum(before), 1)
+
+
+def wait_for_quiet(settings: Settings) -> float | None:
+    """Wait until other work leaves the CPUs idle (up to the timeout); the last busy share."""
+    if settings.idle_below <= 0:
+        return None
+    deadline = time.monotonic() + settings.idle_timeout
+    busy = cpu_busy()
+    while busy is not None and busy > settings.idle_below and time.monotonic() < deadline:
+        busy = cpu_busy()
+    if busy is not None and busy > settings.idle_below:
+        print(f"  warning: CPUs still {busy:.0%} busy with other work; timing anyway")
+    return busy
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU jiffies of the process and its reaped children)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    return table
+
+
+def _mine(tables: list[dict[int, tuple[int, int]]]) -> set[int]:
+    """This process and its descendants, in any of the snapshots."""
+    parent = {pid: row[0] for table in tables for pid, row in table.items()}
+    mine = {os.getpid()}
+    for pid in parent:
+        chain, node = [], pid
+        while node > 1 and node not in mine and len(chain) < 64:
+            chain.append(node)
+            node = parent.get(node, 0)
+        if node in mine:
+            mine.update(chain)
+    return mine
+
+
+def _snapshot() -> tuple[dict[int, tuple[int, int]], int, float] | None:
+    try:
+        return _processes(), _stat_line()[7], time.monotonic()
+    except OSError:
+        return None
+
+
+def foreign_share(before: Any, after: Any) -> float | None:
+    """Share of the CPUs used by other processes, or stolen by the hypervisor, in between."""
+    if before is None or after is None:
+        return None
+    (procs0, steal0, t0), (procs1, steal1, t1) = before, after
+    mine = _mine([procs0, procs1])
+    ticks = steal1 - steal0
+    ticks += sum(
+        row[1] - procs0.get(pid, (0, 0))[1] for pid, row in procs1.items() if pid not in mine
+    )
+    ticks -= sum(row[1] for pid, row in procs0.items() if pid not in procs1 and pid not in mine)
+    return max(ticks, 0) / ((t1 - t0) * TICKS * (os.cpu_count() or 1))
+
+
+def timed(run: Callable[[], Any], settings: Settings, label: str) -> Timing:
+    """Time `run()` on a quiet machine; redo it while other processes took too much CPU."""
+    attempt = 0
+    while True:
+        attempt += 1
+        busy = wait_for_quiet(settings)
+        before = _snapshot()
+        started = time.perf_counter()
+        value = run()
+        seconds = time.perf_counter() - started
+        foreign = foreign_share(before, _snapshot())
+        timing = Timing(seconds, value, busy, foreign, attempt)
+        limit = settings.foreign_limit
+        if foreign is None or limit <= 0 or foreign <= limit or attempt >= settings.attempts:
+            return timing
+        print(f"  {label}: {seconds:.2f} s, but other processes took {foreign:.0%} of the CPUs")
 
 
 # --- synthetic data -------------------------------------------------------------------------
@@ -119,14 +252,16 @@ def pandas_crosstab(files: dict[str, Path]) -> pd.DataFrame:
     return pooled.groupby(BY).agg(count=("income", "size"), sum=("income", "sum"))
 
 
-def pandas_baseline(files: dict[str, Path], repeats: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+def pandas_baseline(
+    files: dict[str, Path], settings: Settings
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Time `pandas_crosstab` `repeats` times; the truth table and the median seconds."""
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        truth = pandas_crosstab(files)
-        runs.append(time.perf_counter() - started)
-    return truth, {"median_seconds": statistics.median(runs), "runs": runs}
+    runs = [
+        timed(lambda: pandas_crosstab(files), settings, f"pandas run {i + 1}")
+        for i in range(settings.repeats)
+    ]
+    median = statistics.median(r.seconds for r in runs)
+    return runs[-1].value, {"median_seconds": median, "runs": [r.record() for r in runs]}
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -153,28 +288,30 @@ def check_released(released: pd.DataFrame, truth: pd.DataFrame, label: str) -> N
 # --- federation -----------------------------------------------------------------------------
 
 
-def timed_job(federation: LocalFederation, truth: pd.DataFrame, label: str) -> dict[str, Any]:
-    assert federation.client is not None
-    started = time.perf_counter()
-    result = federation.client.run(JOB, timeout=1800.0)
-    elapsed = time.perf_counter() - started
-    check_released(result.table, truth, label)
-    return {"seconds": elapsed, "timings_by_node": result.metadata.get("timings_by_node", {})}
+def timed_job(
+    federation: LocalFederation, truth: pd.DataFrame, label: str, settings: Settings
+) -> dict[str, Any]:
+    client = federation.client
+    assert client is not None
+    time.sleep(settings.pause)  # let each node's next warm session worker finish importing
+    timing = timed(lambda: client.run(JOB, timeout=1800.0), settings, label)
+    check_released(timing.value.table, truth, label)
+    print(f"  {label}: {timing.seconds:.2f} s")
+    return timing.record() | {"timings_by_node": timing.value.metadata.get("timings_by_node")}
 
 
 def federation_latency(
-    files: dict[str, Path], truth: pd.DataFrame, repeats: int, pause: float
+    files: dict[str, Path], truth: pd.DataFrame, settings: Settings
 ) -> dict[str, Any]:
     """Start a federation once, then time submit -> released result `repeats` times."""
     nodes = [LocalNode(name, {DATASET: path}) for name, path in files.items()]
     started = time.perf_counter()
     with LocalFederation(nodes, session_timeout=1800.0) as federation:
         startup = time.perf_counter() - started
-        runs = []
-        for run in range(repeats):
-            time.sleep(pause)  # let each node's next warm session worker finish importing
-            runs.append(timed_job(federation, truth, f"latency run {run + 1}"))
-            print(f"  latency run {run + 1}: {runs[-1]['seconds']:.2f} s")
+        runs = [
+            timed_job(federation, truth, f"latency run {i + 1}", settings)
+            for i in range(settings.repeats)
+        ]
     median = statistics.median(r["seconds"] for r in runs)
     return {"startup_seconds": startup, "median_seconds": median, "runs": runs}
 
@@ -197,7 +334,15 @@ def cli_executable() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "jointstats.cli"]
 
 
-def local_end_to_end(files: dict[str, Path], truth: pd.DataFrame) -> dict[str, Any]:
+def run_cli(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"jointstats local failed ({done.returncode}):\n{done.stderr}")
+
+
+def local_end_to_end(
+    files: dict[str, Path], truth: pd.DataFrame, settings: Settings
+) -> dict[str, Any]:
     """Time `jointstats local JOB --node ... --out ...` (start-up included) and check its CSV."""
     with tempfile.TemporaryDirectory(prefix="jointstats-bench-") as tmp:
         job_file, out_file = Path(tmp) / "job.toml", Path(tmp) / "out.csv"
@@ -205,28 +350,24 @@ def local_end_to_end(files: dict[str, Path], truth: pd.DataFrame) -> dict[str, A
         command = [*cli_executable(), "local", str(job_file), "--out", str(out_file)]
         for node, path in files.items():
             command += ["--node", f"{node}={path}"]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"jointstats local failed ({done.returncode}):\n{done.stderr}")
+        timing = timed(lambda: run_cli(command), settings, "jointstats local")
         released = pd.read_csv(out_file, keep_default_na=False, na_values=[""])
     released["suppressed"] = released["suppressed"].astype(str).str.lower() == "true"
     check_released(released, truth, "jointstats local")
-    return {"seconds": elapsed, "command": " ".join(command)}
+    return timing.record() | {"command": " ".join(command)}
 
 
 # --- one size, the report -------------------------------------------------------------------
 
 
-def bench_size(rows: int, repeats: int, pause: float) -> dict[str, Any]:
+def bench_size(rows: int, settings: Settings) -> dict[str, Any]:
     print(f"N = {rows:,} rows per node")
     files = dataset_files(rows)
-    truth, pandas = pandas_baseline(files, repeats)
+    truth, pandas = pandas_baseline(files, settings)
     pandas_seconds = pandas["median_seconds"]
-    print(f"  pandas: {pandas_seconds:.2f} s (median of {repeats})")
-    latency = federation_latency(files, truth, repeats, pause)
-    local = local_end_to_end(files, truth)
+    print(f"  pandas: {pandas_seconds:.2f} s (median of {settings.repeats})")
+    latency = federation_latency(files, truth, settings)
+    local = local_end_to_end(files, truth, settings)
     print(f"  jointstats local: {local['seconds']:.2f} s")
     return {
         "rows_per_node": rows,
@@ -236,7 +377,7 @@ def bench_size(rows: int, repeats: int, pause: float) -> dict[str, Any]:
         "latency": latency,
         "phase_medians_by_node": phase_medians(latency["runs"]),
         "local_seconds": local["seconds"],
-        "local_command": local["command"],
+        "local": local,
         "latency_over_pandas": latency["median_seconds"] / pandas_seconds,
         "local_over_pandas": local["seconds"] / pandas_seconds,
         "target_latency_over_pandas": TARGETS.get(rows),
@@ -259,6 +400,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -287,16 +429,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--quick", action="store_true", help="100,000 rows per node only")
     parser.add_argument("--repeats", type=int, default=3, help="pandas and latency runs per size")
-    parser.add_argument("--pause", type=float, default=2.0, help="seconds before each run")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds before each latency run")
+    parser.add_argument(
+        "--idle-below",
+        type=float,
+        default=0.15,
+        help="before each timed section, wait until the CPUs are at most this busy (0: don't)",
+    )
+    parser.add_argument("--idle-timeout", type=float, default=600.0, help="longest such wait (s)")
+    parser.add_argument(
+        "--foreign-limit",
+        type=float,
+        default=0.10,
+        help="redo a timing if other processes took more than this share of the CPUs (0: never)",
+    )
+    parser.add_argument("--attempts", type=int, default=5, help="most tries per timing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settings = Settings(
+        args.repeats,
+        args.pause,
+        args.idle_below,
+        args.idle_timeout,
+        args.foreign_limit,
+        args.attempts,
+    )
     sizes = [100_000] if args.quick else args.rows
-    results = [bench_size(rows, args.repeats, args.pause) for rows in sizes]
-    report = {"machine": machine(), "job": JOB, "repeats": args.repeats, "sizes": results}
+    results = [bench_size(rows, settings) for rows in sizes]
+    report = {"machine": machine(), "job": JOB, "settings": vars(args) | {"out": str(args.out)}}
+    report["sizes"] = results
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(results)

@@ -154,7 +154,7 @@ class JobManager:
             self._set_node(active, node, "failed", report.reason)
             self.fail(report.job_id, f"node {node}: {report.reason}", culprit=node)
         elif report.state == "running":
-            self._set_node(active, node, "running")
+            self._set_node(active, node, "running", report.reason)  # reason = current phase
         elif report.state == "done":
             active.results[node] = report.result_json
             self._set_node(active, node, "done")
@@ -188,6 +188,9 @@ class JobManager:
         if active is None:
             return
         active.record.state, active.record.reason = "failed", reason
+        for state in active.record.nodes.values():
+            if state["state"] in ("offered", "accepted", "running"):
+                state["state"] = "aborted"
         abort = wire_pb2.SessionAbort(job_id=job_id, reason=reason)
         for party in active.plan.parties:
             if party != culprit:

@@ -59,6 +59,19 @@ def node_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
     asyncio.run(serve(NodeConfig.load(config)))
 
 
+@node_app.command("check")
+def node_check(config: Annotated[Path, typer.Argument(help="Node config (TOML).")]) -> None:
+    """Validate every dataset (readable, declared columns and types); print rows, columns,
+    types and null counts, never a value."""
+    from jointstats.config import NodeConfig
+    from jointstats.node.check import check_node, summary_lines
+
+    for summary in check_node(NodeConfig.load(config)):
+        for line in summary_lines(summary):
+            out.print(line, highlight=False, markup=False)
+    out.print("all datasets ok", highlight=False)
+
+
 @keys_app.command("new")
 def keys_new(
     name: Annotated[str, typer.Option(help="Member name as it appears in the roster.")],
@@ -71,7 +84,9 @@ def keys_new(
     from jointstats.keys import new_member
 
     member = new_member(out_dir, name, role, host or None, address)
-    out.print(f"{member.name} ({member.role}) fingerprint {member.fingerprint}")
+    out.print(f"{member.name} ({member.role})")
+    out.print(f"  identity fingerprint: {member.identity_fingerprint}")
+    out.print(f"  signing fingerprint (for node policies): {member.signing_fingerprint}")
     out.print(f"public entry: {out_dir / 'member.toml'}  (private keys stay in {out_dir})")
 
 
@@ -95,14 +110,15 @@ def keys_roster(
 @keys_app.command("show")
 def keys_show(roster_file: Annotated[Path, typer.Argument()]) -> None:
     """Print a roster's members and certificate fingerprints, for operators to compare."""
-    from rich.table import Table
 
     from jointstats.keys import Roster
 
-    table = Table("name", "role", "fingerprint (SHA-256 of the TLS certificate)")
+    out.print(f"roster {roster_file}: compare each identity fingerprint with its owner out of band")
     for member in Roster.load(roster_file).members.values():
-        table.add_row(member.name, member.role, member.fingerprint)
-    out.print(table)
+        out.print(f"{member.name} ({member.role})", markup=False)
+        out.print(f"  identity  {member.identity_fingerprint}")
+        if member.role == "analyst":
+            out.print(f"  signing   {member.signing_fingerprint}")
 
 
 def _client(config: Path):
@@ -137,9 +153,9 @@ def status(
             with contextlib.suppress(JointstatsError):
                 _follow(client, job_id)
         current = client.status(job_id)
-    out.print(f"job {current.job_id}: [bold]{current.state}[/bold] {current.reason}")
+    out.print(f"job {current.job_id}: {current.state} {current.reason}", markup=False)
     for node, (state, reason) in current.nodes.items():
-        out.print(f"  {node:<16} {state:<10} {reason}")
+        out.print(f"  {node:<16} {state:<10} {reason}", markup=False)
     if current.state == "failed":
         raise typer.Exit(9)
 
@@ -221,7 +237,7 @@ def main() -> None:
     try:
         app()
     except JointstatsError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print("error: " + str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -14,6 +14,13 @@ from jointstats.errors import ConfigError
 
 DEFAULT_MIN_CELL_FLOOR = 5
 DEFAULT_SESSION_TIMEOUT = 300.0
+NODE_KEYS = {
+    "name", "coordinator", "roster", "keys", "state_dir", "datasets", "policy",
+    "session_timeout", "max_sessions",
+}  # fmt: skip
+POLICY_KEYS = {
+    "min_cell", "kinds", "max_cells", "max_rows", "partners", "analysts", "budgets",
+}  # fmt: skip
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -23,6 +30,17 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+
+
+def _no_unknown(doc: dict[str, Any], allowed: set[str], source: Path, where: str = "") -> None:
+    """A typo in a config key must not silently fall back to a default."""
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        place = f" in [{where}]" if where else ""
+        raise ConfigError(
+            f"{source}: unknown key(s){place}: {', '.join(unknown)}; "
+            f"expected some of: {', '.join(sorted(allowed))}"
+        )
 
 
 def _path(doc: dict[str, Any], key: str, base: Path, source: Path) -> Path:
@@ -43,6 +61,7 @@ class CoordinatorConfig:
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
         doc, base = _read(path), Path(path).resolve().parent
+        _no_unknown(doc, {"listen", "roster", "keys", "db", "port_file", "job_timeout"}, path)
         return cls(
             listen=str(doc.get("listen", "127.0.0.1:50051")),
             roster=_path(doc, "roster", base, path),
@@ -59,7 +78,7 @@ class Policy:
 
     min_cell: int = DEFAULT_MIN_CELL_FLOOR
     kinds: tuple[str, ...] = ("crosstab", "linked_crosstab")
-    max_cells: int = 100_000
+    max_cells: int = 20_000
     max_rows: int = 0  # rows a job may use from one dataset; 0 = no limit
     partners: tuple[str, ...] = ("*",)
     # analyst signing-key fingerprint -> dataset (or "*") -> allowed columns (or ["*"])
@@ -71,6 +90,7 @@ class Policy:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any], source: Path) -> Policy:
+        _no_unknown(doc, POLICY_KEYS, source, "policy")
         min_cell = doc.get("min_cell", DEFAULT_MIN_CELL_FLOOR)
         if not isinstance(min_cell, int) or min_cell < 1:
             raise ConfigError(f"{source}: policy min_cell must be a whole number >= 1")
@@ -105,6 +125,29 @@ class Policy:
         return cls.from_doc(spec, source)
 
 
+def load_datasets(doc: dict[str, Any], base: Path, source: Path) -> dict[str, dict[str, Any]]:
+    """A node config's [datasets.NAME] tables (docs/sources.md), with `path` and `url_file`
+    made absolute; the entries are checked by node/sources.py when a source is built."""
+    datasets: dict[str, dict[str, Any]] = {}
+    tables = doc.get("datasets", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"config {source}: `datasets` must be a table of [datasets.NAME]")
+    for name, entry in tables.items():
+        if not isinstance(entry, (str, dict)):
+            raise ConfigError(f"config {source}: dataset {name} must be a path or a table")
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        for key in ("path", "url_file"):
+            if key in entry:
+                entry[key] = str((base / str(entry[key])).resolve())
+        datasets[name] = entry
+    return datasets
+
+
+def load_node_datasets(path: Path) -> dict[str, dict[str, Any]]:
+    """Only the datasets of a node config file (`jointstats local --node NAME=node.toml`)."""
+    return load_datasets(_read(path), Path(path).resolve().parent, path)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
@@ -120,14 +163,10 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         doc, base = _read(path), Path(path).resolve().parent
+        _no_unknown(doc, NODE_KEYS, path)
         if "name" not in doc:
             raise ConfigError(f"config {path} lacks `name`")
-        datasets: dict[str, dict[str, Any]] = {}
-        for name, entry in doc.get("datasets", {}).items():
-            entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-            if "path" in entry:
-                entry["path"] = str((base / entry["path"]).resolve())
-            datasets[name] = entry
+        datasets = load_datasets(doc, base, path)
         return cls(
             name=str(doc["name"]),
             coordinator=str(doc.get("coordinator", "127.0.0.1:50051")),

@@ -45,7 +45,21 @@ class Member:
 
     @property
     def fingerprint(self) -> str:
+        """SHA-256 of the TLS certificate: how the coordinator recognises a caller."""
         return cert_fingerprint(self.cert_pem.encode())
+
+    @property
+    def identity_fingerprint(self) -> str:
+        """SHA-256 over all public keys (TLS certificate, X25519, Ed25519): what operators
+        compare out of band, so that no key of an entry can be swapped unnoticed."""
+        cert = x509.load_pem_x509_certificate(self.cert_pem.encode())
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der + self.kx_public + self.sign_public).hexdigest()
+
+    @property
+    def signing_fingerprint(self) -> str:
+        """SHA-256 of the Ed25519 key: how node policies name an analyst."""
+        return hashlib.sha256(self.sign_public).hexdigest()
 
     def to_toml(self) -> dict[str, str]:
         entry = {

@@ -20,7 +20,7 @@ import tomli_w
 from jointstats.client import Client
 from jointstats.config import load_node_datasets
 from jointstats.errors import ConfigError, PeerError
-from jointstats.keys import Roster, new_member
+from jointstats.keys import Roster, load_member, new_member
 from jointstats.signing import signing_fingerprint
 
 START_SECONDS = 60.0
@@ -72,6 +72,9 @@ class LocalFederation:
     ) -> None:
         if len({n.name for n in nodes}) != len(nodes):
             raise ConfigError("each --node name must be different")
+        reserved = {"coordinator", "analyst"} & {n.name for n in nodes}
+        if reserved:
+            raise ConfigError(f"--node {reserved.pop()}: that name is reserved, choose another")
         self.nodes = nodes
         self._keep = workdir is not None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="jointstats-"))
@@ -102,7 +105,13 @@ class LocalFederation:
         members = [("coordinator", "coordinator")] + [(n.name, n.role) for n in self.nodes]
         members.append(("analyst", "analyst"))
         for name, role in members:
-            roster.members[name] = new_member(self.workdir / name / "keys", name, role)
+            key_dir = self.workdir / name / "keys"
+            if (key_dir / "member.toml").exists():  # a kept --workdir: same keys, same audit log
+                member = load_member(key_dir / "member.toml")
+                if member.role == role:
+                    roster.members[name] = member
+                    continue
+            roster.members[name] = new_member(key_dir, name, role)
         roster.save(self.workdir / "roster.toml")
         return roster
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jointstats.client import Client, JobStatus
@@ -11,10 +12,12 @@ from jointstats.results import Result
 
 
 def _describe(status: JobStatus) -> str:
-    states = [s for s, _ in status.nodes.values()]
-    counts = {s: states.count(s) for s in dict.fromkeys(states)}
-    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
-    return f"job {status.job_id} {status.state} ({parts})"
+    """One line: the job's state and each node's state or current phase."""
+    parts = ", ".join(
+        f"{node}: {reason if state == 'running' and reason else state}"
+        for node, (state, reason) in status.nodes.items()
+    )
+    return escape(f"job {status.job_id} {status.state} ({parts})")
 
 
 def follow_job(client: Client, job_id: str, console: Console, timeout: float = 600.0) -> Result:

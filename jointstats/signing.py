@@ -75,7 +75,8 @@ def sign_job(
 
 
 def signing_fingerprint(sign_public: bytes) -> str:
-    """How policies name an analyst: SHA-256 of the raw Ed25519 public key, hex."""
+    """How policies name an analyst: SHA-256 of the raw Ed25519 public key, hex
+    (the same as `Member.signing_fingerprint`)."""
     return hashlib.sha256(sign_public).hexdigest()
 
 

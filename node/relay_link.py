@@ -119,7 +119,13 @@ class RelayLink:
     """This party's Relay stream to the coordinator, shared by all its PeerLinks."""
 
     def __init__(
-        self, address: str, identity: Identity, roster: Roster, session_id: str, pid: int
+        self,
+        address: str,
+        identity: Identity,
+        roster: Roster,
+        session_id: str,
+        pid: int,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._address, self._identity, self._roster = address, identity, roster
@@ -127,7 +133,7 @@ class RelayLink:
         self._outbox: asyncio.Queue[wire_pb2.RelayFrame | None] = asyncio.Queue()
         self.peers: dict[int, PeerLink] = {}
         self.failed: asyncio.Future[None] = self.loop.create_future()
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: grpc.aio.Channel | None = channel
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -159,11 +165,12 @@ class RelayLink:
             self._fail(PeerError(f"relay stream broke: {exc.details() or exc.code().name}"))
 
     async def open(self) -> None:
-        self._channel = grpc.aio.secure_channel(
-            self._address,
-            channel_credentials(self._identity, self._roster),
-            options=channel_options(),
-        )
+        if self._channel is None:
+            self._channel = grpc.aio.secure_channel(
+                self._address,
+                channel_credentials(self._identity, self._roster),
+                options=channel_options(),
+            )
         call = wire_pb2_grpc.CoordinatorStub(self._channel).Relay()
         self._writer = asyncio.create_task(self._write(call))
         self._reader = asyncio.create_task(self._read(call))

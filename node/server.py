@@ -43,12 +43,17 @@ class Node:
         self.roster_file = RosterFile(config.roster)
         self.roster = self.roster_file.roster  # updated in place by refresh()
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.pool = WorkerPool(config.state_dir / "sessions.log")
+        preconnect = {
+            "JOINTSTATS_PRECONNECT": config.coordinator,
+            "JOINTSTATS_PRECONNECT_KEYS": str(config.keys),
+            "JOINTSTATS_PRECONNECT_ROSTER": str(config.roster),
+        }
+        self.pool = WorkerPool(config.state_dir / "sessions.log", preconnect)
         self.state = NodeState(config.state_dir / "node.sqlite")
         self.audit = AuditLog(config.state_dir / "audit.jsonl", self.identity, config.name)
         self.outbox: asyncio.Queue[wire_pb2.NodeMessage] = asyncio.Queue()
         self.sessions: dict[str, asyncio.Task[None]] = {}
-        self.offers: dict[str, Decision] = {}
+        self.offers: dict[str, tuple[Decision, wire_pb2.JobOffer]] = {}
         self.abort_reasons: dict[str, str] = {}
         self.slots = asyncio.Semaphore(config.max_sessions)
 
@@ -135,7 +140,7 @@ class Node:
             if decision.envelope.job_id != offer.job_id:
                 decision = Decision(False, "the offer's job id differs from the signed one")
             else:
-                self.offers[offer.job_id] = decision
+                self.offers[offer.job_id] = (decision, offer)
         log.info(
             "JOB_DECIDED job=%s accept=%s reason=%s", offer.job_id, decision.accept, decision.reason
         )
@@ -163,9 +168,16 @@ class Node:
         )
 
     def _on_start(self, start: wire_pb2.SessionStart) -> None:
-        decision = self.offers.pop(start.job_id, None)
-        if decision is None:
+        accepted = self.offers.pop(start.job_id, None)
+        if accepted is None:
             self._report(start.job_id, "failed", "session start for a job this node did not accept")
+            return
+        decision, offer = accepted
+        if (list(start.parties), list(start.data_parties)) != (
+            list(offer.parties),
+            list(offer.data_parties),
+        ):
+            self._report(start.job_id, "failed", "the session's parties differ from the offer's")
             return
         if start.min_cell < self.config.policy.min_cell:
             self._report(start.job_id, "failed", "threshold below this node's min_cell floor")
@@ -224,7 +236,9 @@ class Node:
                 self._report(job_id, "running")
                 try:
                     answer = await worker.run(
-                        self._session_spec(decision, start), self.config.session_timeout + 30
+                        self._session_spec(decision, start),
+                        self.config.session_timeout + 30,
+                        on_progress=lambda phase: self._report(job_id, "running", phase),
                     )
                 finally:
                     await worker.kill()

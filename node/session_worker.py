@@ -21,12 +21,14 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _MPYC_ARGV = ["jointstats-session", "--mix32-64bit", "--no-log"]
 _saved_argv, sys.argv = sys.argv, _MPYC_ARGV
+import grpc  # noqa: E402
 from mpyc import asyncoro, mpctools, random, secgroups, seclists, secpols, sectypes, statistics  # noqa: E402
 from mpyc import runtime as mpyc_runtime  # noqa: E402
 
@@ -44,9 +46,12 @@ from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import source_for  # noqa: E402
 from jointstats.protocols import parse_job  # noqa: E402
 from jointstats.protocols.base import SessionContext  # noqa: E402
+from jointstats.transport import channel_credentials, channel_options  # noqa: E402
 
 log = logging.getLogger(__name__)
 HANDSHAKE_SECONDS = 30.0
+PRECONNECT_ENV = "JOINTSTATS_PRECONNECT"
+PRECONNECT_SECONDS = 10.0
 BYE_SECONDS = 10.0
 
 
@@ -141,7 +146,31 @@ async def _goodbye(link: RelayLink, spec: SessionSpec) -> None:
         await _or_fail(link, peer_link.bye, BYE_SECONDS, spec.parties[peer])
 
 
-async def run_session(spec: SessionSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _preconnect() -> grpc.aio.Channel | None:
+    """While waiting for a session, open the TLS channel to the coordinator, so that the
+    handshake is not on the analyst's clock. The node passes where and with which keys."""
+    address = os.environ.get(PRECONNECT_ENV)
+    if not address:
+        return None
+    try:
+        identity = Identity.load(Path(os.environ[PRECONNECT_ENV + "_KEYS"]))
+        roster = Roster.load(Path(os.environ[PRECONNECT_ENV + "_ROSTER"]))
+        channel = grpc.aio.secure_channel(
+            address, channel_credentials(identity, roster), options=channel_options()
+        )
+        await asyncio.wait_for(channel.channel_ready(), PRECONNECT_SECONDS)
+        return channel
+    except (JointstatsError, KeyError, TimeoutError) as exc:
+        log.warning("no pre-connected channel (%s); connecting at session start", exc)
+        return None
+
+
+async def run_session(
+    spec: SessionSpec,
+    channel: grpc.aio.Channel | None = None,
+    progress: Callable[[str], None] = lambda phase: None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    progress("local")
     started = time.perf_counter()
     identity = Identity.load(Path(spec.key_dir))
     protocol, job = parse_job(parse_job_bytes(spec.job_json.encode()))
@@ -159,9 +188,15 @@ async def run_session(spec: SessionSpec) -> tuple[dict[str, Any], dict[str, Any]
         )
     rt = _new_runtime(spec.pid, len(spec.parties))
     link = RelayLink(
-        spec.coordinator, identity, Roster.load(Path(spec.roster)), spec.session_id, spec.pid
+        spec.coordinator,
+        identity,
+        Roster.load(Path(spec.roster)),
+        spec.session_id,
+        spec.pid,
+        channel,
     )
     try:
+        progress("connect")
         mark = time.perf_counter()
         await _connect(rt, link, spec, identity)
         timings["connect"] = time.perf_counter() - mark
@@ -173,7 +208,9 @@ async def run_session(spec: SessionSpec) -> tuple[dict[str, Any], dict[str, Any]
             tuple(spec.data_parties),
             spec.min_cell,
             channel=RelayChannel(link, spec),
+            progress=progress,
         )
+        progress("mpc")
         result = await _or_fail(
             link, protocol.mpc_program(job, ctx, local), spec.timeout, "the session"
         )
@@ -208,15 +245,21 @@ def main() -> int:
     result_pipe = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # MPyC prints to stdout; keep the result pipe clean
     logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    channel = loop.run_until_complete(_preconnect())
     line = sys.stdin.readline()
     if not line:
-        return 0  # the node shut down before handing us a session
+        os._exit(0)  # the node shut down before handing us a session
     try:
         spec = SessionSpec(**json.loads(line))
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+
+        def progress(phase: str) -> None:
+            result_pipe.write(json.dumps({"progress": phase}) + "\n")
+            result_pipe.flush()
+
         result, facts = loop.run_until_complete(
-            asyncio.wait_for(run_session(spec), spec.timeout + 30)
+            asyncio.wait_for(run_session(spec, channel, progress), spec.timeout + 30)
         )
         result_pipe.write(json.dumps({"ok": True, "result": result, "facts": facts}) + "\n")
         code = 0

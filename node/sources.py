@@ -158,7 +158,9 @@ def aggregate_sql(
     return out
 
 
-def grouped_rows(rows: list[tuple], width: int, value: str | None, weight: str | None) -> GroupedRows:
+def grouped_rows(
+    rows: list[tuple], width: int, value: str | None, weight: str | None
+) -> GroupedRows:
     """GroupedRows from result rows laid out as keys, then the `aggregate_sql` columns."""
     w = width + 1 + (3 if value else 0)
     return GroupedRows(
@@ -208,7 +210,7 @@ class FileSource:
 
     def __post_init__(self) -> None:
         suffix = Path(self.glob or self.path).suffix.lower()
-        fmt = self.format or FORMATS.get(suffix) or ("csv" if not suffix else "")
+        fmt = self.format or FORMATS.get(suffix) or ("" if suffix else self._folder_format())
         if fmt not in ("csv", "parquet"):
             raise ConfigError(
                 f"dataset {self.dataset}: {Path(self.path).name} is not a .csv or .parquet file "
@@ -222,10 +224,21 @@ class FileSource:
         object.__setattr__(self, "format", fmt)
         object.__setattr__(self, "encoding", ENCODINGS[self.encoding.lower()])
 
+    def _folder_format(self) -> str:
+        """A folder without `format`: the one kind of file it holds (csv when empty)."""
+        path = Path(self.path)
+        found = {FORMATS[p.suffix.lower()] for p in path.glob("*.*") if p.suffix.lower() in FORMATS}
+        if len(found) > 1:
+            raise ConfigError(
+                f"dataset {self.dataset}: folder {path.name} mixes CSV and Parquet files; "
+                'set format = "csv" or "parquet"'
+            )
+        return found.pop() if found else "csv"
+
     def _files(self) -> list[Path]:
         path = Path(self.path)
         if path.is_dir():
-            pattern = self.glob or f"*.{self.format}"
+            pattern = self.glob or ("*.parquet" if self.format == "parquet" else "*.[ct]sv")
             files = sorted(p for p in path.glob(pattern) if p.is_file())
             if not files:
                 raise DataError(f"dataset {self.dataset}: folder {path} has no {pattern} files")
@@ -263,8 +276,9 @@ class FileSource:
     def _run(self, sql: str, params: dict | None = None, arrow: bool = False) -> Any:
         try:
             with duckdb.connect() as con:
-                result = con.execute(sql, params or {})
-                return result.to_arrow_table() if arrow else result.fetchall()
+                if arrow:
+                    return con.sql(sql, params=params).to_arrow_table()
+                return con.execute(sql, params or {}).fetchall()
         except duckdb.Error as exc:
             raise self._error(exc) from None
 

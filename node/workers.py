@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from jointstats.errors import PeerError, SessionTimeout
 log = logging.getLogger(__name__)
 # Tests swap in a misbehaving worker through JOINTSTATS_SESSION_WORKER to play a hostile peer.
 WORKER_MODULE = "jointstats.node.session_worker"
+RESULT_LIMIT_BYTES = 64 * 1024 * 1024  # the worker's one-line answer
 
 
 class Worker:
@@ -25,7 +27,7 @@ class Worker:
         self.process = process
 
     @classmethod
-    async def start(cls, log_path: Path) -> Worker:
+    async def start(cls, log_path: Path, env: dict[str, str] | None = None) -> Worker:
         with open(log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -34,25 +36,47 @@ class Worker:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
+                env={**os.environ, **(env or {})},
+                # Its own process group: a SIGTERM to the node's group (Ctrl-C, an init system)
+                # reaches the node, which aborts, reports and logs the session, then kills it.
+                start_new_session=True,
+                limit=RESULT_LIMIT_BYTES,
             )
         return cls(process)
 
-    async def run(self, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Hand the spec over and wait for the one-line answer; kill the process on timeout."""
+    async def run(
+        self,
+        spec: dict[str, Any],
+        timeout: float,
+        on_progress: Callable[[str], None] = lambda phase: None,
+    ) -> dict[str, Any]:
+        """Hand the spec over, pass on progress lines, and return the final answer line;
+        kill the process on timeout."""
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             self.process.stdin.write(json.dumps(spec).encode() + b"\n")
             await self.process.stdin.drain()
-            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+            line = await asyncio.wait_for(self._answer(on_progress), timeout)
         except TimeoutError:
             raise SessionTimeout(f"the MPC session did not finish within {timeout:.0f} s") from None
         except (BrokenPipeError, ConnectionResetError):
             raise PeerError("the session worker died before it started") from None
+        except (ValueError, asyncio.LimitOverrunError):
+            raise PeerError("the session's result is too large to report") from None
         finally:
             await self.kill()
         if not line:
             raise PeerError("the session worker crashed (see the node's session log)")
         return json.loads(line)
+
+    async def _answer(self, on_progress: Callable[[str], None]) -> bytes:
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            message = json.loads(line)
+            if "progress" not in message:
+                return line
+            on_progress(str(message["progress"])[:40])
+        return b""
 
     async def kill(self) -> None:
         if self.process.returncode is None:
@@ -64,13 +88,14 @@ class Worker:
 class WorkerPool:
     """Keeps one warm worker ready so that a session starts without import time."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
         self._log_path = log_path
+        self._env = env
         self._spare: asyncio.Task[Worker] | None = None
 
     def warm(self) -> None:
         if self._spare is None:
-            self._spare = asyncio.create_task(Worker.start(self._log_path))
+            self._spare = asyncio.create_task(Worker.start(self._log_path, self._env))
 
     async def take(self) -> Worker:
         self.warm()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ class SessionContext:
     min_cell: int
     channel: PartyChannel | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    progress: Callable[[str], None] = field(default=lambda phase: None)  # reports a phase name
 
     def pid_of(self, name: str) -> int:
         return self.parties.index(name)

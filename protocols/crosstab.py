@@ -1,18 +1,20 @@
 """Pooled cross-tabulation over nodes that hold datasets of the same shape (DESIGN §5.1).
 
 Inputs: each input node's dataset named by the job; the job's `by` columns with declared
-domains (the table's shape is public), optionally a `sum` column with `bounds`.
+domains (the table's shape is public), optionally a `sum` column with `bounds` and a survey
+`weight` column (non-negative, finite).
 Output: one row per cell of the product of the domains, in domain order: the `by` values,
-`count` (and `sum`, `mean`), `suppressed`.
+`count` (then `weighted_count`, the sum of weights; `sum`, `mean`), `suppressed`.
 
 Steps:
 1. Each input node runs one GROUP BY in its engine and maps the groups onto the declared cells;
    values outside a domain are an error (a count per column, never the values), or map to
    "other" when the job sets `other = true` in [domains].
-2. The cell vectors are secret-shared (Shamir, MPyC SecInt(64)) into one session of m >= 3
-   parties (compute-only nodes fill up) and added.
+2. The cell vectors (counts, then sums and weights in fixed point) are secret-shared (Shamir,
+   MPyC SecInt(64)) into one session of m >= 3 parties (compute-only nodes fill up) and added.
 3. Primary suppression inside MPC: b = [count >= k] (or count == 0 with `release_zeros`), b is
-   opened, then only the released cells' count (and sum) are opened.
+   opened, then only the released cells' measures are opened. Suppression is decided on the
+   unweighted counts.
 
 Threat model: semi-honest, honest majority, t = (m-1)//2 colluding parties.
 Leakage: nothing beyond the released table (including which cells are suppressed) and each
@@ -32,10 +34,12 @@ from jointstats.errors import DataError, JobError
 from jointstats.protocols import disclosure
 from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
 
-MAX_CELLS = 100_000
+MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
 SUM_SCALE = 100  # sums travel as integers in hundredths
+WEIGHT_SCALE = 1_000_000  # weights travel as integers in millionths (as in linked_crosstab)
+MAX_SCALED_WEIGHT = 1 << 62  # a node's scaled weight total; keeps the sum inside SecInt(64)
 OTHER = "other"
-FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "domains", "disclosure"}
+FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure"}
 DISCLOSURE_FIELDS = {"min_cell", "release_zeros", "margins", "epsilon"}
 TOTAL = "total"
 MAX_EPSILON = 10.0
@@ -54,6 +58,12 @@ class CrosstabJob:
     other: bool = False
     margins: bool = False
     epsilon: float = 0.0
+    weight: str | None = None
+
+    @property
+    def measures(self) -> list[str]:
+        """What the cell vector carries, in order: always counts, then sums, weights."""
+        return ["count"] + (["sum"] if self.sum else []) + (["weight"] if self.weight else [])
 
     @property
     def cell_domains(self) -> list[tuple[str, ...]]:
@@ -153,7 +163,11 @@ class Crosstab:
         sum_column, bounds = _parse_sum(doc)
         _require(sum_column not in by, "`sum` cannot also be a `by` column")
         min_cell, release_zeros, margins, epsilon = _parse_disclosure(doc)
+        weight = doc.get("weight")
+        _require(weight is None or (isinstance(weight, str) and weight), "`weight`: one column")
+        _require(weight not in by, "`weight` cannot also be a `by` column")
         _require(not (epsilon and sum_column), "`epsilon` with `sum` is not supported yet")
+        _require(not (epsilon and weight), "`epsilon` with `weight` is not supported yet")
         _require(not margins or len(by) <= 2, "`margins` needs one or two `by` columns")
         _require(
             not margins or all(TOTAL not in domains[c] for c in by),
@@ -161,7 +175,7 @@ class Crosstab:
         )
         job = CrosstabJob(
             dataset, by, domains, inputs, sum_column, bounds, min_cell, release_zeros, other,
-            margins, epsilon,
+            margins, epsilon, weight,
         )  # fmt: skip
         _require(
             job.n_cells <= MAX_CELLS, f"the table has {job.n_cells} cells; at most {MAX_CELLS}"
@@ -192,32 +206,31 @@ class Crosstab:
         return Plan(tuple(inputs) + tuple(helpers[:needed]), tuple(inputs))
 
     def columns_used(self, job: CrosstabJob, node: str) -> dict[str, list[str]]:
-        return {job.dataset: list(job.by) + ([job.sum] if job.sum else [])}
+        return {job.dataset: list(job.by) + [c for c in (job.sum, job.weight) if c]}
 
     def min_cell(self, job: CrosstabJob) -> int:
         return job.min_cell
 
     def local_step(self, job: CrosstabJob, node: str, sources: dict[str, Any]) -> np.ndarray:
-        """Cell vector of this node: counts, then sums in hundredths when the job asks for a sum."""
+        """Cell vector of this node: counts, then sums in hundredths (with `sum`), then weights
+        in millionths (with `weight`)."""
         if job.dataset not in sources:
             raise DataError(f"node {node} does not serve dataset {job.dataset!r}")
         source = sources[job.dataset]
-        grouped = source.grouped(list(job.by), job.sum, job.bounds)
-        if grouped.value_nulls or grouped.value_non_numeric:
-            raise DataError(
-                f"dataset {job.dataset}, column {job.sum}: {grouped.value_nulls} empty and "
-                f"{grouped.value_non_numeric} non-numeric values; "
-                "clean them or choose another column"
-            )
+        grouped = source.grouped(list(job.by), job.sum, job.bounds, job.weight)
+        _check_measures(job, grouped)
         cells = _cell_indices(job, grouped.keys, grouped.counts, job.dataset)
-        counts = np.zeros(job.n_cells, dtype=np.int64)
-        np.add.at(counts, cells, grouped.counts)
-        if not job.sum:
-            return counts
-        sums = np.zeros(job.n_cells, dtype=np.int64)
-        scaled = np.rint(np.asarray(grouped.sums) * SUM_SCALE).astype(np.int64)
-        np.add.at(sums, cells, scaled)
-        return np.concatenate([counts, sums])
+        parts = [_scatter(job, cells, np.asarray(grouped.counts, dtype=np.int64))]
+        if job.sum:
+            parts.append(_scatter(job, cells, _fixed(grouped.sums, SUM_SCALE)))
+        if job.weight:
+            weights = _fixed(grouped.weights, WEIGHT_SCALE)
+            if int(weights.sum()) >= MAX_SCALED_WEIGHT:
+                raise DataError(
+                    f"dataset {job.dataset}, column {job.weight}: the weights' total is too large"
+                )
+            parts.append(_scatter(job, cells, weights))
+        return np.concatenate(parts)
 
     def local_facts(self, job: CrosstabJob, local: np.ndarray) -> dict[str, Any]:
         """What this node's audit log records about its own contribution."""
@@ -228,24 +241,53 @@ class Crosstab:
     ) -> dict[str, Any]:
         mpc = ctx.runtime
         secint = mpc.SecInt(64)
-        length = job.n_cells * (2 if job.sum else 1)
-        senders = [ctx.pid_of(n) for n in _inputs(job, ctx)]
+        n = job.n_cells
+        length = n * len(job.measures)
+        senders = [ctx.pid_of(name) for name in _inputs(job, ctx)]
         mine = local if local is not None else np.zeros(length, dtype=np.int64)
         shared = mpc.input([secint(int(v)) for v in mine], senders=senders)
         total = [mpc.sum(list(column)) for column in zip(*shared, strict=True)]
-        counts, sums = total[: job.n_cells], total[job.n_cells :]
+        measures = {m: total[i * n : (i + 1) * n] for i, m in enumerate(job.measures)}
         if job.epsilon:
-            noise = disclosure.discrete_laplace_noise(mpc, secint, job.n_cells, job.epsilon)
-            counts = [c + z for c, z in zip(counts, noise, strict=True)]
-        entries = _entries(mpc, job, ctx.min_cell, counts, sums)
+            noise = disclosure.discrete_laplace_noise(mpc, secint, n, job.epsilon)
+            measures["count"] = [c + z for c, z in zip(measures["count"], noise, strict=True)]
+        entries = _entries(mpc, job, ctx.min_cell, measures)
         suppressed = [bool(f) for f in await mpc.output([e.flag for e in entries])]
         released = [e for e, hidden in zip(entries, suppressed, strict=True) if not hidden]
-        to_open = [e.count for e in released] + ([e.sum for e in released] if job.sum else [])
+        to_open = [e.values[m] for m in job.measures for e in released]
         opened = [int(v) for v in await mpc.output(to_open)] if to_open else []
-        values = dict(zip(map(id, released), opened, strict=False))
-        sum_values = dict(zip(map(id, released), opened[len(released) :], strict=False))
-        rows = [_row(job, e, values.get(id(e)), sum_values.get(id(e))) for e in entries]
+        k = len(released)
+        values = {
+            id(e): {m: opened[j * k + i] for j, m in enumerate(job.measures)}
+            for i, e in enumerate(released)
+        }
+        rows = [_row(job, e, values.get(id(e))) for e in entries]
         return {"columns": _columns(job), "rows": rows, "metadata": _metadata(job, ctx, suppressed)}
+
+
+def _check_measures(job: CrosstabJob, grouped: Any) -> None:
+    """Sums need numbers; weights need non-negative finite numbers (counts, never values)."""
+    if grouped.value_nulls or grouped.value_non_numeric:
+        raise DataError(
+            f"dataset {job.dataset}, column {job.sum}: {grouped.value_nulls} empty and "
+            f"{grouped.value_non_numeric} non-numeric values; "
+            "clean them or choose another column"
+        )
+    if grouped.weight_bad:
+        raise DataError(
+            f"dataset {job.dataset}, column {job.weight}: {grouped.weight_bad} weights are "
+            "empty, not a number, negative or infinite; weights must be finite and >= 0"
+        )
+
+
+def _fixed(values: list[float] | None, scale: int) -> np.ndarray:
+    return np.rint(np.asarray(values, dtype=np.float64) * scale).astype(np.int64)
+
+
+def _scatter(job: CrosstabJob, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(job.n_cells, dtype=np.int64)
+    np.add.at(out, cells, values)
+    return out
 
 
 @dataclass
@@ -253,62 +295,62 @@ class _Entry:
     """One line of the released table (a cell or a margin), still secret-shared."""
 
     labels: tuple[str, ...]
-    count: Any
-    sum: Any
     flag: Any  # 1 = suppressed
+    values: dict[str, Any]  # measure -> secret-shared total
 
 
-def _entries(mpc: Any, job: CrosstabJob, k: int, counts: list, sums: list) -> list[_Entry]:
+def _entries(mpc: Any, job: CrosstabJob, k: int, measures: dict[str, list]) -> list[_Entry]:
+    counts = measures["count"]
     flags = disclosure.primary_flags(counts, k, job.release_zeros)
     labels = list(itertools.product(*job.cell_domains))
-    no_sums = [None] * len(counts)
-    cell_sums = sums if job.sum else no_sums
     if not job.margins:
-        return [_Entry(*e) for e in zip(labels, counts, cell_sums, flags, strict=True)]
+        return _cells(labels, flags, measures)
     domains = job.cell_domains
     shape = (len(domains[0]), len(domains[1])) if len(domains) == 2 else (1, len(domains[0]))
     flags, row_flags, col_flags, grand_flag = disclosure.secondary_suppression(
         mpc, counts, flags, shape, k
     )
-    entries = [_Entry(*e) for e in zip(labels, counts, cell_sums, flags, strict=True)]
+    entries = _cells(labels, flags, measures)
+
+    def margin(labels: tuple[str, ...], index: list[int], flag: Any) -> _Entry:
+        return _Entry(
+            labels, flag, {m: mpc.sum([v[i] for i in index]) for m, v in measures.items()}
+        )
+
     rows, cols = shape
-
-    def total(values: list, index: list[int]) -> Any:
-        return mpc.sum([values[i] for i in index]) if job.sum or values is counts else None
-
-    row_index = [[r * cols + c for c in range(cols)] for r in range(rows)]
-    col_index = [[r * cols + c for r in range(rows)] for c in range(cols)]
     if len(domains) == 2:
-        for r, index in enumerate(row_index):
-            entries.append(
-                _Entry(
-                    (domains[0][r], TOTAL), total(counts, index), total(sums, index), row_flags[r]
-                )
-            )
-        for c, index in enumerate(col_index):
-            entries.append(
-                _Entry(
-                    (TOTAL, domains[1][c]), total(counts, index), total(sums, index), col_flags[c]
-                )
-            )
+        for r in range(rows):
+            index = [r * cols + c for c in range(cols)]
+            entries.append(margin((domains[0][r], TOTAL), index, row_flags[r]))
+        for c in range(cols):
+            index = [r * cols + c for r in range(rows)]
+            entries.append(margin((TOTAL, domains[1][c]), index, col_flags[c]))
     everything = list(range(len(counts)))
-    grand = _Entry(
-        (TOTAL,) * len(domains), total(counts, everything), total(sums, everything), grand_flag
-    )
-    return [*entries, grand]
+    return [*entries, margin((TOTAL,) * len(domains), everything, grand_flag)]
+
+
+def _cells(labels: list[tuple[str, ...]], flags: list, measures: dict[str, list]) -> list[_Entry]:
+    return [
+        _Entry(label, flag, {m: v[i] for m, v in measures.items()})
+        for i, (label, flag) in enumerate(zip(labels, flags, strict=True))
+    ]
 
 
 def _columns(job: CrosstabJob) -> list[str]:
-    return list(job.by) + ["count"] + (["sum", "mean"] if job.sum else []) + ["suppressed"]
+    weighted = ["weighted_count"] if job.weight else []
+    return [*job.by, "count", *weighted, *(["sum", "mean"] if job.sum else []), "suppressed"]
 
 
-def _row(job: CrosstabJob, entry: _Entry, count: int | None, total: int | None) -> list[Any]:
+def _row(job: CrosstabJob, entry: _Entry, values: dict[str, int] | None) -> list[Any]:
+    """The released line; a suppressed one (values None) has empty measures."""
+    count = values["count"] if values else None
     row: list[Any] = [*entry.labels, count]
+    if job.weight:
+        row.append(values["weight"] / WEIGHT_SCALE if values else None)
     if job.sum:
-        amount = total / SUM_SCALE if total is not None else None
-        mean = amount / count if amount is not None and count else None
-        row += [amount, mean]
-    return [*row, count is None]
+        amount = values["sum"] / SUM_SCALE if values else None
+        row += [amount, amount / count if amount is not None and count else None]
+    return [*row, values is None]
 
 
 def _metadata(job: CrosstabJob, ctx: SessionContext, suppressed: list[bool]) -> dict[str, Any]:
@@ -338,30 +380,34 @@ def _inputs(job: CrosstabJob, ctx: SessionContext) -> list[str]:
 def _cell_indices(
     job: CrosstabJob, keys: list[tuple[str | None, ...]], counts: list[int], dataset: str
 ) -> np.ndarray:
+    """Cell of each group; empty (NULL) keys and values outside a domain are counted per
+    column and reported without the values."""
     index_maps = [{v: i for i, v in enumerate(d)} for d in job.cell_domains]
-    outside = [0] * len(job.by)
+    outside, empty = [0] * len(job.by), [0] * len(job.by)
     cells = np.zeros(len(keys), dtype=np.int64)
     for row, (key, n) in enumerate(zip(keys, counts, strict=True)):
         cell = 0
         for col, (value, index_map) in enumerate(zip(key, index_maps, strict=True)):
             index = index_map.get(value) if value is not None else None
-            if index is None:
-                if job.other and value is not None:
-                    index = index_map[OTHER]
-                else:
-                    outside[col] += n
-                    index = 0
-            cell = cell * len(index_map) + index
+            if index is None and value is None:
+                empty[col] += n
+            elif index is None and job.other:
+                index = index_map[OTHER]
+            elif index is None:
+                outside[col] += n
+            cell = cell * len(index_map) + (index or 0)
         cells[row] = cell
-    problems = [
-        f"column {c}: {n} values outside the declared domain"
-        for c, n in zip(job.by, outside, strict=True)
-        if n
-    ]
+    problems = [_problem(*p) for p in zip(job.by, empty, outside, strict=True) if p[1] or p[2]]
     if problems:
-        hint = "declare them in [domains] or set `other = true`"
+        hint = "declare them in [domains] or set `other = true`; fill or drop empty values"
         raise DataError(f"dataset {dataset}: {'; '.join(problems)} ({hint})")
     return cells
+
+
+def _problem(column: str, empty: int, outside: int) -> str:
+    parts = [f"{empty} empty values"] if empty else []
+    parts += [f"{outside} values outside the declared domain"] if outside else []
+    return f"column {column}: {' and '.join(parts)}"
 
 
 PROTOCOL = Crosstab()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from jointstats.local import LocalFederation, LocalNode
+from tests.pg import postgres  # noqa: F401 (session fixture: a real PostgreSQL server)
 
 REPO = Path(__file__).resolve().parents[1]
 AGENCIES = ("unhcr", "drc", "nrc")

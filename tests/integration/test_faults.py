@@ -141,3 +141,16 @@ def test_a_network_cut_fails_the_job_cleanly_and_the_node_reconnects(data_dir, t
         expected = expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], 10)
         assert list(result.table["suppressed"]) == list(expected["suppressed"])
     proxy.close()
+
+
+def test_status_shows_each_nodes_phase_while_running(data_dir, tmp_path):
+    with _federation(data_dir, tmp_path / "fed", SLOW) as fed:
+        job_id = fed.client.submit(JOB)
+        deadline = time.monotonic() + 30
+        while True:
+            nodes = fed.client.status(job_id).nodes
+            if all(state == "running" and reason == "mpc" for state, reason in nodes.values()):
+                break
+            assert time.monotonic() < deadline, nodes
+            time.sleep(0.05)
+        fed.client.wait(job_id, timeout=60)
