@@ -36,3 +36,38 @@ def test_pooled_example(tmp_path: Path) -> None:
     released = ~expected["suppressed"]
     assert list(table.loc[released, "count"].astype(int)) == list(expected.loc[released, "count"])
     assert (abs(table.loc[released, "sum"] - expected.loc[released, "sum"]) < 0.01).all()
+
+
+def test_linked_example(tmp_path: Path) -> None:
+    example = REPO / "examples" / "linked"
+    exe = str(Path(sys.executable).with_name("jointstats"))
+    out = tmp_path / "linked.csv"
+    run = subprocess.run(
+        [exe, "local", "job.toml",
+         "--node", "ministry=data/ministry/idp_registry.csv",
+         "--node", "survey=data/survey/household_survey.csv",
+         "--node", "jips", "--out", str(out)],
+        cwd=example, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    registry = pd.read_csv(example / "data/ministry/idp_registry.csv")
+    survey = pd.read_csv(example / "data/survey/household_survey.csv")
+    joined = registry.merge(survey, on="national_id")
+    truth = joined.groupby(["district", "employment"]).agg(
+        count=("weight", "size"), weighted=("weight", "sum")
+    )
+    table = pd.read_csv(out)
+    assert list(table.columns) == [
+        "district",
+        "employment",
+        "count",
+        "weighted_count",
+        "suppressed",
+    ]
+    for row in table.itertuples(index=False):
+        key = (row.district, row.employment)
+        true_count = int(truth["count"].get(key, 0))
+        assert row.suppressed == (true_count < 10)
+        if not row.suppressed:
+            assert int(row.count) == true_count
+            assert abs(row.weighted_count - truth["weighted"][key]) < 1e-3
