@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -225,7 +226,6 @@ def node_csv(rows: int, node: str) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    (DATA / ".gitignore").write_text("*\n")
     part = path.with_suffix(".csv.part")
     seed = NODES.index(node) * 1_000_003 + rows
     pacsv.write_csv(_node_table(rows, seed), part, pacsv.WriteOptions(quoting_style="none"))
@@ -305,13 +305,19 @@ def federation_latency(
 ) -> dict[str, Any]:
     """Start a federation once, then time submit -> released result `repeats` times."""
     nodes = [LocalNode(name, {DATASET: path}) for name, path in files.items()]
+    workdir = Path(tempfile.mkdtemp(prefix="jointstats-bench-"))
     started = time.perf_counter()
-    with LocalFederation(nodes, session_timeout=1800.0) as federation:
-        startup = time.perf_counter() - started
-        runs = [
-            timed_job(federation, truth, f"latency run {i + 1}", settings)
-            for i in range(settings.repeats)
-        ]
+    try:
+        with LocalFederation(nodes, workdir, session_timeout=1800.0) as federation:
+            startup = time.perf_counter() - started
+            runs = [
+                timed_job(federation, truth, f"latency run {i + 1}", settings)
+                for i in range(settings.repeats)
+            ]
+    except BaseException:
+        print(f"  the federation's logs are kept in {workdir}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     median = statistics.median(r["seconds"] for r in runs)
     return {"startup_seconds": startup, "median_seconds": median, "runs": runs}
 
@@ -394,6 +400,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def code_version() -> dict[str, Any]:
+    """Which jointstats ran (a snapshot on PYTHONPATH, or the editable checkout) and its commit."""
+    module = Path(sys.modules[LocalFederation.__module__].__file__ or ".").resolve().parent
+    git = ["git", "-C", str(BENCH), "rev-parse", "HEAD"]
+    head = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+    return {"jointstats_dir": str(module), "pythonpath": os.environ.get("PYTHONPATH"), "head": head}
+
+
 def machine() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
@@ -459,11 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         args.attempts,
     )
     sizes = [100_000] if args.quick else args.rows
-    results = [bench_size(rows, settings) for rows in sizes]
-    report = {"machine": machine(), "job": JOB, "settings": vars(args) | {"out": str(args.out)}}
-    report["sizes"] = results
+    report = {"machine": machine(), "code": code_version(), "job": JOB}
+    report["settings"] = vars(args) | {"out": str(args.out)}
+    results: list[dict[str, Any]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for rows in sizes:
+        results.append(bench_size(rows, settings))
+        args.out.write_text(json.dumps(report | {"sizes": results}, indent=2) + "\n")
     print_table(results)
     print(f"\nwrote {args.out}")
     return 0

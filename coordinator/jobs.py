@@ -118,8 +118,8 @@ class JobManager:
 
     def on_decision(self, node: str, decision: wire_pb2.JobDecision) -> None:
         active = self.active.get(decision.job_id)
-        if active is None or node not in active.record.nodes:
-            return
+        if active is None or node not in active.record.nodes or active.record.state != "submitted":
+            return  # late or repeated decisions cannot restart a session
         if not decision.accept:
             self._set_node(active, node, "refused", decision.reason)
             self.fail(decision.job_id, f"node {node} refused: {decision.reason}", culprit=node)
@@ -216,10 +216,11 @@ class JobManager:
             if node in active.plan.parties:
                 self.fail(job_id, f"node {node} disconnected during the job", culprit=node)
 
-    def status(self, job_id: str) -> JobRecord:
+    def status(self, job_id: str, caller: str) -> JobRecord:
+        """A job's record, for the analyst who submitted it only."""
         record = self.store.get(job_id)
-        if record is None:
-            raise JobError(f"no job with id {job_id}")
+        if record is None or record.submitted_by != caller:
+            raise JobError(f"no job with id {job_id} of yours")
         return record
 
     def info(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .store import JobStore
 
 log = logging.getLogger(__name__)
 ROSTER_POLL_SECONDS = 1.0
+RELAY_HELLO_SECONDS = 30.0
 
 
 class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
@@ -40,7 +41,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
 
     async def GetStatus(self, request, context):  # noqa: N802
         try:
-            record = self.jobs.status(request.job_id)
+            record = self.jobs.status(request.job_id, current_caller().name)
         except JobError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         nodes = [
@@ -58,7 +59,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
 
     async def GetResult(self, request, context):  # noqa: N802
         try:
-            record = self.jobs.status(request.job_id)
+            record = self.jobs.status(request.job_id, current_caller().name)
         except JobError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         if record.state == "failed":
@@ -116,9 +117,9 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
     async def Relay(self, request_iterator, context):  # noqa: N802
         name = current_caller().name
         try:
-            hello = await anext(request_iterator)
+            hello = await asyncio.wait_for(anext(request_iterator), RELAY_HELLO_SECONDS)
             session, pid = self.relay.join(hello, name)
-        except (StopAsyncIteration, JointstatsError) as exc:
+        except (StopAsyncIteration, TimeoutError, JointstatsError) as exc:
             self.jobs.audit.append("AUTH_REFUSED", method="Relay", principal=name, reason=str(exc))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc) or "empty relay")
         inbox = session.inbox(pid)
@@ -143,10 +144,13 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
 
 async def _watch_roster(roster_file: RosterFile, jobs: JobManager) -> None:
     """Apply roster edits while running: revoked members lose their streams at once."""
+    seen = roster_file.version
     while True:
         await asyncio.sleep(ROSTER_POLL_SECONDS)
-        if not roster_file.refresh():
+        roster_file.refresh()
+        if roster_file.version == seen:
             continue
+        seen = roster_file.version
         log.info("ROSTER_RELOADED members=%s", sorted(roster_file.roster.members))
         for name, conn in list(jobs.nodes.items()):
             member = roster_file.roster.members.get(name)

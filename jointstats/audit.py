@@ -34,7 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jointstats.errors import AuditError, ConfigError
 from jointstats.keys import Identity
 
-__all__ = ["GENESIS", "NODE_EVENTS", "AuditLog", "VerifyReport", "canonical", "verify"]
+__all__ = [
+    "COORDINATOR_EVENTS",
+    "GENESIS",
+    "NODE_EVENTS",
+    "AuditLog",
+    "VerifyReport",
+    "canonical",
+    "verify",
+]
 
 GENESIS = "0" * 64
 NODE_EVENTS = (
@@ -44,7 +52,14 @@ NODE_EVENTS = (
     "SESSION_STARTED",
     "RESULT_RELEASED",
     "SESSION_FAILED",
+    "SESSION_ABORTED",
+)
+COORDINATOR_EVENTS = (
+    "JOB_SUBMITTED",
+    "JOB_FAILED",
+    "RESULT_RELEASED",
     "AUTH_REFUSED",
+    "MEMBER_REVOKED",
 )
 EVENT_NAME = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
 _SCHEMA: dict[str, type] = {

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import ipaddress
 import logging
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ class RosterFile:
         self.roster = Roster.load(self.path)
         self.version = 0
         self._mtime = self._stat()
+        self._lock = threading.Lock()  # gRPC's TLS fetcher calls refresh() from its threads
 
     def _stat(self) -> float:
         try:
@@ -157,6 +159,12 @@ class RosterFile:
             return -1
 
     def refresh(self) -> bool:
+        """Reload if the file changed; True if this call reloaded it. Callers that must react to
+        every change compare `version` instead (another caller may have reloaded first)."""
+        with self._lock:
+            return self._reload_if_changed()
+
+    def _reload_if_changed(self) -> bool:
         mtime = self._stat()
         if mtime == self._mtime:
             return False

@@ -60,6 +60,33 @@ def _check_policy(
             )
 
 
+def _check_session(
+    node: str, roster: Roster, protocol: JobProtocol, job: Any, offer: Offer
+) -> None:
+    """The coordinator chooses the session's parties: make sure it cannot stack them (one
+    member as several parties holds several shares), swap the inputs the analyst signed, or
+    bring in a non-input party the job does not name that is not a compute-only node."""
+    parties, inputs = offer.parties, offer.data_parties
+    if node not in parties or len(parties) < 3:
+        raise RefusedError("this node is not one of at least 3 parties of the session")
+    if len(set(parties)) != len(parties) or len(set(inputs)) != len(inputs):
+        raise RefusedError("the session lists a party twice")
+    if not set(inputs) <= set(parties):
+        raise RefusedError("the session's input nodes are not all parties")
+    roles = {p: roster.members[p].role if p in roster.members else None for p in parties}
+    strangers = [p for p, role in roles.items() if role not in ("node", "compute")]
+    if strangers:
+        raise RefusedError(f"{', '.join(strangers)} may not be an MPC party (not a roster node)")
+    named_inputs, named_others = protocol.signed_parties(job)
+    if named_inputs is not None and list(named_inputs) != list(inputs):
+        raise RefusedError("the session's input nodes differ from the signed job's")
+    unnamed = [
+        p for p in parties if p not in inputs and p not in named_others and roles[p] != "compute"
+    ]
+    if unnamed:
+        raise RefusedError(f"{', '.join(unnamed)} would join without data but is not compute-only")
+
+
 def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -> Decision:
     """Check an offered job; charge its epsilon when accepted."""
     try:
@@ -67,8 +94,7 @@ def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -
         if not state.first_sight(envelope.job_id, envelope.nonce):
             raise RefusedError("replayed job: its id or nonce was seen before")
         protocol, job = parse_job(envelope.job)
-        if config.name not in offer.parties or len(offer.parties) < 3:
-            raise RefusedError("this node is not one of at least 3 parties of the session")
+        _check_session(config.name, roster, protocol, job, offer)
         columns = (
             protocol.columns_used(job, config.name) if config.name in offer.data_parties else {}
         )

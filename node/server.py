@@ -179,7 +179,8 @@ class Node:
         ):
             self._report(start.job_id, "failed", "the session's parties differ from the offer's")
             return
-        if start.min_cell < self.config.policy.min_cell:
+        signed_floor = decision.protocol.min_cell(decision.job) if decision.protocol else 0
+        if start.min_cell < max(self.config.policy.min_cell, signed_floor):
             self._report(start.job_id, "failed", "threshold below this node's min_cell floor")
             return
         self.audit.append(

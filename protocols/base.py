@@ -71,6 +71,10 @@ class JobProtocol(Protocol):
     def min_cell(self, job: Any) -> int:
         """The job's own suppression threshold."""
 
+    def signed_parties(self, job: Any) -> tuple[tuple[str, ...] | None, set[str]]:
+        """(input nodes named by the signed job or None, other parties it names): nodes check
+        the coordinator's session against them."""
+
     def local_step(self, job: Any, node: str, sources: dict[str, Any]) -> Any:
         """Aggregate or prepare this node's data; runs in the session worker."""
 

@@ -37,6 +37,7 @@ from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, Session
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
 SUM_SCALE = 100  # sums travel as integers in hundredths
 WEIGHT_SCALE = 1_000_000  # weights travel as integers in millionths (as in linked_crosstab)
+MAX_FIXED = float(1 << 58)  # per node and cell, so that the sum over nodes stays in SecInt(64)
 MAX_SCALED_WEIGHT = 1 << 62  # a node's scaled weight total; keeps the sum inside SecInt(64)
 OTHER = "other"
 FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure"}
@@ -211,6 +212,10 @@ class Crosstab:
     def min_cell(self, job: CrosstabJob) -> int:
         return job.min_cell
 
+    def signed_parties(self, job: CrosstabJob) -> tuple[tuple[str, ...] | None, set[str]]:
+        """The input nodes the signed job names (if any); no other party is named."""
+        return job.inputs, set()
+
     def local_step(self, job: CrosstabJob, node: str, sources: dict[str, Any]) -> np.ndarray:
         """Cell vector of this node: counts, then sums in hundredths (with `sum`), then weights
         in millionths (with `weight`)."""
@@ -281,7 +286,10 @@ def _check_measures(job: CrosstabJob, grouped: Any) -> None:
 
 
 def _fixed(values: list[float] | None, scale: int) -> np.ndarray:
-    return np.rint(np.asarray(values, dtype=np.float64) * scale).astype(np.int64)
+    scaled = np.rint(np.asarray(values, dtype=np.float64) * scale)
+    if scaled.size and not np.abs(scaled).max() < MAX_FIXED:
+        raise DataError("a cell's sum is too large to aggregate exactly; narrow `bounds`")
+    return scaled.astype(np.int64)
 
 
 def _scatter(job: CrosstabJob, cells: np.ndarray, values: np.ndarray) -> np.ndarray:

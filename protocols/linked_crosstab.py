@@ -81,6 +81,10 @@ class LinkedCrosstab:
     def min_cell(self, job: LinkedJob) -> int:
         return job.min_cell
 
+    def signed_parties(self, job: LinkedJob) -> tuple[tuple[str, ...] | None, set[str]]:
+        """The input nodes and the non-input parties the analyst's signed job names."""
+        return (job.left.node, job.right.node), {job.helper}
+
     def local_step(self, job: LinkedJob, node: str, sources: dict[str, Any]) -> Records:
         side = job.left if node == job.left.node else job.right
         return prepare(job, side, node, sources)

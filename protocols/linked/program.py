@@ -260,7 +260,8 @@ def result(
         "epsilon_spent": 0.0,
         "cells": job.n_cells,
         "suppressed_cells": sum(suppressed),
-        "matched": n if n >= ctx.min_cell else None,
+        # the cells add up to n: with any cell suppressed, n would give it back
+        "matched": n if n >= ctx.min_cell and not any(suppressed) else None,
         "timings": dict(ctx.timings),
     }
     return {"columns": [*columns, "suppressed"], "rows": rows, "metadata": metadata}

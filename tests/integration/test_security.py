@@ -175,3 +175,23 @@ def test_a_member_removed_from_the_roster_is_cut_off(data_dir, tmp_path):
         log = fed.workdir / "coordinator" / "audit.jsonl"
         events = [json.loads(x) for x in log.read_text().splitlines()]
         assert any(e["event"] == "MEMBER_REVOKED" and e["principal"] == "nrc" for e in events)
+
+
+def test_an_analyst_sees_only_their_own_jobs(federation, tmp_path):
+    job_id = federation.client.submit(JOB)
+    federation.client.wait(job_id, timeout=60)
+    roster_path = federation.workdir / "roster.toml"
+    roster = Roster.load(roster_path)
+    roster.members["bob"] = new_member(tmp_path / "bob", "bob", "analyst")
+    roster.save(roster_path)  # applied by the running coordinator within a second
+    time.sleep(2.5)
+    bob = Client(federation.address, roster_path, tmp_path / "bob")
+    try:
+        with pytest.raises(JobError, match="no job with id"):
+            bob.status(job_id)
+        with pytest.raises(JobError, match="no job with id"):
+            bob.result(job_id)
+    finally:
+        bob.close()
+        del roster.members["bob"]
+        roster.save(roster_path)

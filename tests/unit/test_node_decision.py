@@ -20,7 +20,9 @@ PARTIES = ["unhcr", "drc", "nrc"]
 @pytest.fixture
 def world(tmp_path: Path):
     roster = Roster()
-    for name, role in (("alice", "analyst"), ("mallory", "analyst"), ("unhcr", "node")):
+    members = [("alice", "analyst"), ("mallory", "analyst"), ("unhcr", "node"), ("drc", "node")]
+    members += [("nrc", "node"), ("jips", "compute"), ("wfp", "node")]
+    for name, role in members:
         roster.members[name] = new_member(tmp_path / name, name, role)
     alice = Identity.load(tmp_path / "alice")
     policy = Policy(
@@ -29,7 +31,7 @@ def world(tmp_path: Path):
                 "households": ("region", "displacement_status")
             }
         },
-        partners=("drc", "nrc"),
+        partners=("drc", "nrc", "jips"),
         budgets={"households": 1.0},
         max_cells=20,
     )
@@ -90,7 +92,7 @@ def test_policy_rules_refuse_with_the_rule_named(world) -> None:
         (sign_job(JOB, mallory), PARTIES, "analyst's key is not allowed"),
         (sign_job({**JOB, "sum": "income", "bounds": [0, 9]}, alice), PARTIES, "column(s) income"),
         (sign_job({**JOB, "dataset": "census"}, alice), PARTIES, "does not serve dataset"),
-        (sign_job(JOB, alice), ["unhcr", "drc", "evil"], "does not compute with evil"),
+        (sign_job(JOB, alice), ["unhcr", "drc", "wfp"], "does not compute with wfp"),
     ]
     big = copy.deepcopy(JOB)
     big["domains"]["region"] = [f"r{i}" for i in range(10)]
@@ -111,3 +113,26 @@ def test_the_budget_is_charged_before_computation_and_persists(world, tmp_path: 
     refused = decide(config, roster, reopened, _offer(sign_job(job, alice)))
     assert not refused.accept and "exceed its budget" in refused.reason
     assert reopened.spent("households") == pytest.approx(0.6)
+
+
+def test_a_coordinator_cannot_stack_or_swap_parties(world, tmp_path: Path) -> None:
+    config, roster, state, alice, _ = world
+    job = {**JOB, "inputs": ["unhcr", "drc"]}
+    cases = [
+        (["unhcr", "coordinator", "coordinator"], ["unhcr"], "twice"),
+        (["unhcr", "drc", "drc"], ["unhcr", "drc"], "twice"),
+        (["unhcr", "drc", "alice"], ["unhcr", "drc"], "not a roster node"),
+        (["unhcr", "drc", "nrc"], ["unhcr", "drc"], "not compute-only"),
+        (["unhcr", "nrc", "jips"], ["unhcr", "nrc"], "differ from the signed job"),
+    ]
+    for parties, inputs, reason in cases:
+        signed = sign_job(job, alice)
+        decision = decide(config, roster, state, Offer(signed, parties, inputs))
+        assert not decision.accept and reason in decision.reason, (parties, decision.reason)
+    fine = decide(
+        config,
+        roster,
+        state,
+        Offer(sign_job(job, alice), ["unhcr", "drc", "jips"], ["unhcr", "drc"]),
+    )
+    assert fine.accept, fine.reason
