@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -17,6 +18,7 @@ from jointstats.errors import PeerError, SessionTimeout
 log = logging.getLogger(__name__)
 # Tests swap in a misbehaving worker through JOINTSTATS_SESSION_WORKER to play a hostile peer.
 WORKER_MODULE = "jointstats.node.session_worker"
+SPARE_WORKERS = 2
 RESULT_LIMIT_BYTES = 64 * 1024 * 1024  # the worker's one-line answer
 
 
@@ -86,27 +88,29 @@ class Worker:
 
 
 class WorkerPool:
-    """Keeps one warm worker ready so that a session starts without import time."""
+    """Keeps `spares` workers started ahead (imports and the TLS channel take about a second),
+    so that a session, even right after another one, starts on a ready process."""
 
-    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, log_path: Path, env: dict[str, str] | None = None, spares: int = SPARE_WORKERS
+    ) -> None:
         self._log_path = log_path
         self._env = env
-        self._spare: asyncio.Task[Worker] | None = None
+        self._size = spares
+        self._spares: collections.deque[asyncio.Task[Worker]] = collections.deque()
 
     def warm(self) -> None:
-        if self._spare is None:
-            self._spare = asyncio.create_task(Worker.start(self._log_path, self._env))
+        while len(self._spares) < self._size:
+            self._spares.append(asyncio.create_task(Worker.start(self._log_path, self._env)))
 
     async def take(self) -> Worker:
+        """The oldest spare: the one most likely done importing."""
         self.warm()
-        assert self._spare is not None
-        spare, self._spare = self._spare, None
-        worker = await spare
+        worker = await self._spares.popleft()
         self.warm()
         return worker
 
     async def close(self) -> None:
-        if self._spare is not None:
-            worker = await self._spare
-            self._spare = None
+        while self._spares:
+            worker = await self._spares.popleft()
             await worker.kill()

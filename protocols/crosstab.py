@@ -23,6 +23,7 @@ node's knowledge of its own data. The coordinator sees only ciphertext sizes and
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from dataclasses import dataclass
@@ -245,29 +246,47 @@ class Crosstab:
         self, job: CrosstabJob, ctx: SessionContext, local: np.ndarray | None
     ) -> dict[str, Any]:
         mpc = ctx.runtime
-        secint = mpc.SecInt(64)
+        # Counts are compared with k: 32-bit shares make that cheap. DP noise needs 40-bit
+        # uniforms, and sums and weights can exceed 2^31: those use 64 bits.
+        count_type = mpc.SecInt(64 if job.epsilon else 32)
+        value_type = mpc.SecInt(64)
         n = job.n_cells
-        length = n * len(job.measures)
         senders = [ctx.pid_of(name) for name in _inputs(job, ctx)]
-        mine = local if local is not None else np.zeros(length, dtype=np.int64)
-        shared = mpc.input([secint(int(v)) for v in mine], senders=senders)
-        total = [mpc.sum(list(column)) for column in zip(*shared, strict=True)]
-        measures = {m: total[i * n : (i + 1) * n] for i, m in enumerate(job.measures)}
+        mine = local if local is not None else np.zeros(n * len(job.measures), dtype=np.int64)
+        measures = {"count": _shared_sum(mpc, count_type, mine[:n], senders)}
+        others = [m for m in job.measures if m != "count"]
+        if others:
+            totals = _shared_sum(mpc, value_type, mine[n:], senders)
+            measures |= {m: totals[i * n : (i + 1) * n] for i, m in enumerate(others)}
         if job.epsilon:
-            noise = disclosure.discrete_laplace_noise(mpc, secint, n, job.epsilon)
+            noise = disclosure.discrete_laplace_noise(mpc, count_type, n, job.epsilon)
             measures["count"] = [c + z for c, z in zip(measures["count"], noise, strict=True)]
         entries = _entries(mpc, job, ctx.min_cell, measures)
         suppressed = [bool(f) for f in await mpc.output([e.flag for e in entries])]
         released = [e for e, hidden in zip(entries, suppressed, strict=True) if not hidden]
-        to_open = [e.values[m] for m in job.measures for e in released]
-        opened = [int(v) for v in await mpc.output(to_open)] if to_open else []
-        k = len(released)
-        values = {
-            id(e): {m: opened[j * k + i] for j, m in enumerate(job.measures)}
-            for i, e in enumerate(released)
-        }
+        values = await _open_released(mpc, released, others)
         rows = [_row(job, e, values.get(id(e))) for e in entries]
         return {"columns": _columns(job), "rows": rows, "metadata": _metadata(job, ctx, suppressed)}
+
+
+def _shared_sum(mpc: Any, sectype: type, mine: np.ndarray, senders: list[int]) -> list[Any]:
+    """Every sender's vector secret-shared, then added element-wise."""
+    shared = mpc.input([sectype(int(v)) for v in mine], senders=senders)
+    return [mpc.sum(list(column)) for column in zip(*shared, strict=True)]
+
+
+async def _open_released(mpc: Any, released: list, others: list[str]) -> dict[int, dict]:
+    """Open the released entries' measures: counts and the 64-bit measures in parallel."""
+    if not released:
+        return {}
+    counts = mpc.output([e.values["count"] for e in released])
+    rest = mpc.output([e.values[m] for m in others for e in released]) if others else None
+    counts, rest = await asyncio.gather(counts, rest) if rest is not None else (await counts, [])
+    k = len(released)
+    return {
+        id(e): {"count": int(counts[i])} | {m: int(rest[j * k + i]) for j, m in enumerate(others)}
+        for i, e in enumerate(released)
+    }
 
 
 def _check_measures(job: CrosstabJob, grouped: Any) -> None:

@@ -23,7 +23,12 @@ from typing import Any
 
 NOISE_BITS = 40  # U is uniform in [0, 2^40)
 TAIL_LOG2 = 40  # truncation: tail mass beyond +-B at most 2^-40
-BIG = 1 << 40  # added to suppressed cells so that the minimum picks an unsuppressed one
+
+
+def _big(value: Any) -> int:
+    """Added to suppressed cells so that the minimum picks an unsuppressed one: a quarter of
+    the secure type's range (2^30 for SecInt(32)), above any count it can hold in a table."""
+    return 1 << (type(value).bit_length - 2)
 
 
 def noise_bound(epsilon: float, sensitivity: float = 1.0) -> int:
@@ -80,7 +85,8 @@ def _line_pass(
             continue
         suppressed = mpc.sum([flags[i] for i in line])
         exactly_one = (suppressed == 1) * released
-        masked = [counts[i] + flags[i] * BIG for i in line]
+        big = _big(counts[line[0]])
+        masked = [counts[i] + flags[i] * big for i in line]
         smallest = mpc.min(masked)
         for i, value in zip(line, masked, strict=True):
             flags[i] = _or(flags[i], (value == smallest) * exactly_one)
