@@ -195,3 +195,36 @@ def test_an_analyst_sees_only_their_own_jobs(federation, tmp_path):
         bob.close()
         del roster.members["bob"]
         roster.save(roster_path)
+
+
+def test_a_node_cannot_take_another_partys_place_in_a_session(data_dir, tmp_path):
+    slow = {"JOINTSTATS_SESSION_WORKER": "tests.fakes.slow_worker", "PYTHONPATH": str(REPO)}
+    with LocalFederation(
+        _nodes(data_dir, dict.fromkeys(AGENCIES, slow)), tmp_path / "fed", 30
+    ) as fed:
+        job_id = fed.client.submit({**JOB, "inputs": list(AGENCIES)})
+        deadline = time.monotonic() + 30
+        while fed.client.status(job_id).state != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        log = fed.workdir / "unhcr" / "audit.jsonl"
+        started = [json.loads(x) for x in log.read_text().splitlines()]
+        session_id = next(
+            e["fields"]["session_id"] for e in started if e["event"] == "SESSION_STARTED"
+        )
+        identity = Identity.load(fed.workdir / "unhcr" / "keys")
+        roster = Roster.load(fed.workdir / "roster.toml")
+        with grpc.secure_channel(
+            fed.address, channel_credentials(identity, roster), options=channel_options()
+        ) as channel:
+            relay = wire_pb2_grpc.CoordinatorStub(channel).Relay
+            for claimed in (1, 2):  # drc's and nrc's party ids, claimed by unhcr
+                hello = wire_pb2.RelayFrame(session_id=session_id, from_pid=claimed, to_pid=-1)
+                with pytest.raises(grpc.RpcError) as refused:
+                    next(relay(iter([hello]), timeout=10))
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "is not party" in refused.value.details()
+        coordinator_log = fed.workdir / "coordinator" / "audit.jsonl"
+        events = [json.loads(x) for x in coordinator_log.read_text().splitlines()]
+        assert sum(e["event"] == "AUTH_REFUSED" for e in events) >= 2
+        fed.client.wait(job_id, timeout=60)  # the real session is unharmed
