@@ -170,18 +170,20 @@ class Node:
     def _on_start(self, start: wire_pb2.SessionStart) -> None:
         accepted = self.offers.pop(start.job_id, None)
         if accepted is None:
-            self._report(start.job_id, "failed", "session start for a job this node did not accept")
+            self._fail_session(start.job_id, "session start for a job this node did not accept")
             return
         decision, offer = accepted
         if (list(start.parties), list(start.data_parties)) != (
             list(offer.parties),
             list(offer.data_parties),
         ):
-            self._report(start.job_id, "failed", "the session's parties differ from the offer's")
+            self._fail_session(start.job_id, "the session's parties differ from the offer's")
             return
         signed_floor = decision.protocol.min_cell(decision.job) if decision.protocol else 0
         if start.min_cell < max(self.config.policy.min_cell, signed_floor):
-            self._report(start.job_id, "failed", "threshold below this node's min_cell floor")
+            self._fail_session(
+                start.job_id, "threshold below the signed job's or this node's floor"
+            )
             return
         self.audit.append(
             "SESSION_STARTED",
@@ -197,7 +199,8 @@ class Node:
         self.sessions[start.job_id] = asyncio.create_task(self._run_session(decision, start))
 
     def _on_abort(self, abort: wire_pb2.SessionAbort) -> None:
-        self.offers.pop(abort.job_id, None)
+        if self.offers.pop(abort.job_id, None) is not None:  # accepted, not started: log it too
+            self.audit.append("SESSION_ABORTED", abort.job_id, reason=abort.reason)
         task = self.sessions.pop(abort.job_id, None)
         if task is not None:
             self.abort_reasons[abort.job_id] = f"coordinator aborted the job: {abort.reason}"

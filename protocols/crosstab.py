@@ -334,8 +334,9 @@ def _entries(mpc: Any, job: CrosstabJob, k: int, measures: dict[str, list]) -> l
         return _cells(labels, flags, measures)
     domains = job.cell_domains
     shape = (len(domains[0]), len(domains[1])) if len(domains) == 2 else (1, len(domains[0]))
+    zeros = [c == 0 for c in counts] if job.release_zeros else None
     flags, row_flags, col_flags, grand_flag = disclosure.secondary_suppression(
-        mpc, counts, flags, shape, k
+        mpc, counts, flags, shape, k, avoid=zeros
     )
     entries = _cells(labels, flags, measures)
 

@@ -7,8 +7,9 @@ opened. Callers open only the final suppression pattern and the released values.
   integer U is built from PRSS random bits (each party's keys contribute, so no t colluding
   parties know it) and mapped through the inverse CDF of the discrete Laplace (two-sided
   geometric) distribution with a public threshold table: X = -B + #{j : U >= T_j}. No floating
-  point touches secret data. Truncation at +-B puts a tail mass <= 2^-40 on the endpoints:
-  the mechanism is (epsilon, 2^-40)-DP.
+  point touches secret data. Truncation at +-B puts a tail mass <= 2^-40 on the endpoints and
+  each of the 2B thresholds is rounded by < 2^-40: the mechanism is (epsilon, delta)-DP with
+  delta <= (2B + 1) * 2^-40 (about 2^-34 at epsilon = 1).
 - `primary_flags`: s = [count < k] (zero cells released only with release_zeros).
 - `secondary_suppression`: with released margins, a row or column whose margin is released and
   which holds exactly one suppressed cell gets its smallest other cell suppressed too;
@@ -75,10 +76,16 @@ def _or(a: Any, b: Any) -> Any:
 
 
 def _line_pass(
-    mpc: Any, lines: list[list[int]], counts: list, flags: list, open_margin: list
+    mpc: Any,
+    lines: list[list[int]],
+    counts: list,
+    flags: list,
+    open_margin: list,
+    avoid: list | None = None,
 ) -> list:
     """For each line (row or column) with a released margin and exactly one suppressed cell,
-    suppress the smallest unsuppressed cell(s) of that line."""
+    suppress the smallest unsuppressed cell(s) of that line, preferring cells not in `avoid`
+    (released zeros: suppressing a known zero would protect nothing)."""
     flags = list(flags)
     for line, released in zip(lines, open_margin, strict=True):
         if len(line) < 2:
@@ -86,7 +93,7 @@ def _line_pass(
         suppressed = mpc.sum([flags[i] for i in line])
         exactly_one = (suppressed == 1) * released
         big = _big(counts[line[0]])
-        masked = [counts[i] + flags[i] * big for i in line]
+        masked = [counts[i] + (_or(flags[i], avoid[i]) if avoid else flags[i]) * big for i in line]
         smallest = mpc.min(masked)
         for i, value in zip(line, masked, strict=True):
             flags[i] = _or(flags[i], (value == smallest) * exactly_one)
@@ -94,7 +101,12 @@ def _line_pass(
 
 
 def secondary_suppression(
-    mpc: Any, counts: list, flags: list, shape: tuple[int, int], k: int
+    mpc: Any,
+    counts: list,
+    flags: list,
+    shape: tuple[int, int],
+    k: int,
+    avoid: list | None = None,
 ) -> tuple[list, list, list, Any]:
     """Return secret flags (1 = suppressed) for cells (row-major), row totals, column totals
     and the grand total. Totals below k are suppressed; the totals of a dimension form a line
@@ -108,8 +120,8 @@ def secondary_suppression(
     row_flags = [t < k for t in row_totals]
     col_flags = [t < k for t in col_totals]
     for _ in range(rows + cols + 2):
-        flags = _line_pass(mpc, row_lines, counts, flags, [1 - f for f in row_flags])
-        flags = _line_pass(mpc, col_lines, counts, flags, [1 - f for f in col_flags])
+        flags = _line_pass(mpc, row_lines, counts, flags, [1 - f for f in row_flags], avoid)
+        flags = _line_pass(mpc, col_lines, counts, flags, [1 - f for f in col_flags], avoid)
         row_flags = _line_pass(mpc, [list(range(rows))], row_totals, row_flags, [1 - grand_flag])
         col_flags = _line_pass(mpc, [list(range(cols))], col_totals, col_flags, [1 - grand_flag])
     return flags, row_flags, col_flags, grand_flag

@@ -152,3 +152,38 @@ def test_row_limit_and_coordinator_audit(data_dir, tmp_path: Path):
         log = fed.workdir / "coordinator" / "audit.jsonl"
         events = [json.loads(x)["event"] for x in log.read_text().splitlines()]
         assert events[:2] == ["JOB_SUBMITTED", "JOB_FAILED"]
+
+
+def test_released_zeros_are_not_used_as_complementary_cells(tmp_path: Path):
+    """Row a: 3 (suppressed), 0 (released zero), 50; the complement must be 50, not the zero."""
+    table = {
+        ("a", "x"): 3,
+        ("a", "y"): 0,
+        ("a", "z"): 50,
+        ("b", "x"): 40,
+        ("b", "y"): 30,
+        ("b", "z"): 60,
+    }
+    rows = [key for key, n in table.items() for _ in range(n)]
+    nodes = []
+    for i, agency in enumerate(AGENCIES):
+        part = pd.DataFrame(rows[i::3], columns=["g", "h"])
+        (tmp_path / agency).mkdir()
+        part.to_csv(tmp_path / agency / "t.csv", index=False)
+        nodes.append(LocalNode(agency, {"t": tmp_path / agency / "t.csv"}))
+    job = {
+        "kind": "crosstab",
+        "dataset": "t",
+        "by": ["g", "h"],
+        "domains": {"g": ["a", "b"], "h": ["x", "y", "z"]},
+        "disclosure": {"min_cell": 5, "margins": True, "release_zeros": True},
+    }
+    with LocalFederation(nodes, tmp_path / "fed", session_timeout=60) as fed:
+        result = fed.client.run(job, timeout=120).table
+    cell = {
+        (g, h): (s, c)
+        for g, h, c, s in result[["g", "h", "count", "suppressed"]].itertuples(index=False)
+    }
+    assert cell[("a", "x")][0] and cell[("a", "z")][0]  # primary and its complement
+    assert cell[("a", "y")] == (False, 0)  # the released zero stays released
+    assert determined_cells(result, ["g", "h"]) == []
