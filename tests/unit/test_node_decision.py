@@ -6,6 +6,8 @@ import copy
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jointstats.config import NodeConfig, Policy
 from jointstats.keys import Identity, Roster, new_member
@@ -136,3 +138,19 @@ def test_a_coordinator_cannot_stack_or_swap_parties(world, tmp_path: Path) -> No
         Offer(sign_job(job, alice), ["unhcr", "drc", "jips"], ["unhcr", "drc"]),
     )
     assert fine.accept, fine.reason
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    envelope=st.binary(max_size=200) | st.text(max_size=200).map(str.encode),
+    signature=st.binary(max_size=80),
+    parties=st.lists(st.sampled_from(["unhcr", "drc", "nrc", "jips", "x", ""]), max_size=5),
+)
+def test_garbage_offers_from_a_coordinator_are_refused_never_raised(
+    world, envelope: bytes, signature: bytes, parties: list[str]
+) -> None:
+    config, roster, state, _, _ = world
+    decision = decide(
+        config, roster, state, Offer(SignedJob(envelope, signature), parties, parties)
+    )
+    assert not decision.accept and decision.reason and "\n" not in decision.reason
