@@ -24,7 +24,10 @@ Run (from the repository root):
     .venv/bin/python bench/pooled_crosstab.py --quick          # N = 1e5 only
     .venv/bin/python bench/pooled_crosstab.py --rows 1000000 --repeats 5
 Synthetic CSVs are cached in bench/data/ (git-ignored); figures go to
-bench/results/pooled_crosstab.json. Targets: latency <= 1.0x pandas at 1e6 rows per node,
+bench/results/pooled_crosstab.json. Session workers import the code on disk at each session, so
+to time one commit while the checkout is being edited, run with PYTHONPATH pointing at an
+installed-layout copy of it (jointstats/ with node/, coordinator/, protocols/ inside); the JSON
+records which jointstats ran. Targets: latency <= 1.0x pandas at 1e6 rows per node,
 <= 0.3x at 1e7.
 """
 

@@ -230,8 +230,14 @@ class LocalFederation:
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
-        for name in [n.name for n in self.nodes] + ["coordinator"]:
+        names = [n.name for n in self.nodes]
+        for name in names:  # signal every node first, then wait for them together
+            process = self.processes.get(name)
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for name in names:
             self.stop_process(name)
+        self.stop_process("coordinator")
         if not self._keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

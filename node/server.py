@@ -270,6 +270,7 @@ class Node:
             raise
         finally:
             self.sessions.pop(job_id, None)
+            self.pool.warm()
 
     async def _abort_sessions(self, reason: str) -> None:
         for job_id, task in list(self.sessions.items()):

@@ -104,11 +104,11 @@ class WorkerPool:
             self._spares.append(asyncio.create_task(Worker.start(self._log_path, self._env)))
 
     async def take(self) -> Worker:
-        """The oldest spare: the one most likely done importing."""
-        self.warm()
-        worker = await self._spares.popleft()
-        self.warm()
-        return worker
+        """The oldest spare: the one most likely done importing. The replacement is started by
+        `warm()` after the session, so that its imports do not compete with the session."""
+        if not self._spares:
+            self.warm()
+        return await self._spares.popleft()
 
     async def close(self) -> None:
         while self._spares:

@@ -56,8 +56,8 @@ def test_a_party_killed_mid_session_fails_the_job_naming_it(
         job_id = fed.client.submit({**JOB, "inputs": inputs})
         _wait_running(fed, job_id)
         time.sleep(1.0)
-        busy_and_spares = len(_session_workers(fed.processes["unhcr"].pid))
-        assert busy_and_spares == SPARE_WORKERS + 1
+        before = {s: _session_workers(fed.processes[s].pid) for s in ("unhcr", "drc")}
+        assert len(before["unhcr"]) == SPARE_WORKERS  # the busy one + the remaining spares
         fed.stop_process(victim, signal.SIGKILL)
         started = time.monotonic()
         with pytest.raises(JobFailed, match=victim):
@@ -65,7 +65,8 @@ def test_a_party_killed_mid_session_fails_the_job_naming_it(
         assert time.monotonic() - started < 60
         time.sleep(1.0)
         for survivor in ("unhcr", "drc"):
-            # only the warm spares are left: the aborted session's worker was killed
+            # the aborted session's worker was killed; the spares were refilled
+            assert sum(not w.is_running() for w in before[survivor]) == 1
             assert len(_session_workers(fed.processes[survivor].pid)) == SPARE_WORKERS
         result = fed.client.run({**JOB, "inputs": afterwards}, timeout=60)
         assert victim not in result.metadata["parties"]
