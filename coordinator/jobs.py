@@ -12,7 +12,6 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from jointstats.audit import AuditLog
 from jointstats.errors import AuthError, JobError
@@ -222,6 +221,3 @@ class JobManager:
         if record is None or record.submitted_by != caller:
             raise JobError(f"no job with id {job_id} of yours")
         return record
-
-    def info(self) -> dict[str, Any]:
-        return {"nodes": sorted(self.nodes), "active": sorted(self.active)}

@@ -21,7 +21,6 @@ from jointstats.client import Client
 from jointstats.config import load_node_datasets
 from jointstats.errors import ConfigError, PeerError
 from jointstats.keys import Roster, load_member, new_member
-from jointstats.signing import signing_fingerprint
 
 START_SECONDS = 60.0
 LOCAL_EPSILON_BUDGET = 100.0
@@ -91,7 +90,7 @@ class LocalFederation:
             "analysts": [
                 {
                     "name": "analyst",
-                    "fingerprint": signing_fingerprint(analyst.sign_public),
+                    "fingerprint": analyst.signing_fingerprint,
                     "datasets": {"*": ["*"]},
                 }
             ],

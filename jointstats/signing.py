@@ -74,12 +74,6 @@ def sign_job(
     return SignedJob(data, identity.sign_private.sign(data))
 
 
-def signing_fingerprint(sign_public: bytes) -> str:
-    """How policies name an analyst: SHA-256 of the raw Ed25519 public key, hex
-    (the same as `Member.signing_fingerprint`)."""
-    return hashlib.sha256(sign_public).hexdigest()
-
-
 def _parse(data: bytes) -> Envelope:
     try:
         doc = json.loads(data)

@@ -14,7 +14,7 @@ from jointstats.config import NodeConfig, Policy
 from jointstats.errors import JointstatsError, RefusedError
 from jointstats.keys import Roster
 from jointstats.protocols import JobProtocol, parse_job
-from jointstats.signing import Envelope, SignedJob, signing_fingerprint, verify_job
+from jointstats.signing import Envelope, SignedJob, verify_job
 
 from .state import NodeState
 
@@ -101,7 +101,7 @@ def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -
         for dataset in columns:
             if dataset not in config.datasets:
                 raise RefusedError(f"this node does not serve dataset {dataset!r}")
-        fingerprint = signing_fingerprint(roster.get(envelope.analyst).sign_public)
+        fingerprint = roster.get(envelope.analyst).signing_fingerprint
         _check_policy(config.policy, config.name, fingerprint, protocol.kind, offer, columns)
         cells = getattr(job, "n_cells", 0)
         if cells > config.policy.max_cells:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from jointstats.errors import ConfigError, DataError
@@ -307,17 +306,6 @@ class FileSource:
 
     def require_columns(self, needed: list[str]) -> None:
         check_columns(self.dataset, self.column_types(), self.declared, needed)
-
-    def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
-        """Selected columns as numpy arrays (text cast to VARCHAR), for protocols that need
-        records rather than aggregates (record linkage)."""
-        self.require_columns(columns)
-        select = ", ".join(_quote(c) for c in columns)
-        try:
-            with duckdb.connect() as con:
-                return con.execute(f"SELECT {select} FROM {self._relation()}").fetchnumpy()
-        except duckdb.Error as exc:
-            raise self._error(exc) from None
 
     def read_text(self, columns: list[str]) -> pa.Table:
         """Record-level columns as text exactly as stored (NULL when empty), for protocols that

@@ -75,13 +75,17 @@ def test_stranger_certificates_are_refused(federation, tmp_path):
     stranger.close()
 
 
+def _channel(fed: LocalFederation, key_dir: Path) -> grpc.Channel:
+    """A raw mTLS channel to the coordinator with the keys in key_dir."""
+    identity = Identity.load(key_dir)
+    roster = Roster.load(fed.workdir / "roster.toml")
+    credentials = channel_credentials(identity, roster)
+    return grpc.secure_channel(fed.address, credentials, options=channel_options())
+
+
 def test_a_node_with_an_unknown_certificate_cannot_join(federation, tmp_path):
     new_member(tmp_path / "rogue", "unhcr", "node")
-    identity = Identity.load(tmp_path / "rogue")
-    roster = Roster.load(federation.workdir / "roster.toml")
-    channel = grpc.secure_channel(
-        federation.address, channel_credentials(identity, roster), options=channel_options()
-    )
+    channel = _channel(federation, tmp_path / "rogue")
     hello = wire_pb2.NodeMessage(hello=wire_pb2.Hello(datasets=["households"]))
     call = wire_pb2_grpc.CoordinatorStub(channel).Connect(iter([hello]), timeout=10)
     with pytest.raises(grpc.RpcError) as refused:
@@ -93,11 +97,7 @@ def test_a_node_with_an_unknown_certificate_cannot_join(federation, tmp_path):
 
 
 def test_an_analyst_cannot_pose_as_a_party(federation):
-    identity = Identity.load(federation.workdir / "analyst" / "keys")
-    roster = Roster.load(federation.workdir / "roster.toml")
-    channel = grpc.secure_channel(
-        federation.address, channel_credentials(identity, roster), options=channel_options()
-    )
+    channel = _channel(federation, federation.workdir / "analyst" / "keys")
     frame = wire_pb2.RelayFrame(session_id="x", from_pid=0, to_pid=-1)
     call = wire_pb2_grpc.CoordinatorStub(channel).Relay(iter([frame]), timeout=10)
     with pytest.raises(grpc.RpcError) as refused:
@@ -139,13 +139,9 @@ def test_expired_and_replayed_submissions_are_refused(federation):
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(payload=st.binary(max_size=300))
 def test_garbage_to_every_coordinator_method_never_breaks_it(federation, payload):
-    roster = Roster.load(federation.workdir / "roster.toml")
     service = wire_pb2.DESCRIPTOR.services_by_name["Coordinator"]
     for member in ("analyst", "unhcr"):
-        identity = Identity.load(federation.workdir / member / "keys")
-        with grpc.secure_channel(
-            federation.address, channel_credentials(identity, roster), options=channel_options()
-        ) as channel:
+        with _channel(federation, federation.workdir / member / "keys") as channel:
             for method in service.methods:
                 path = f"/{service.full_name}/{method.name}"
                 if method.client_streaming:
@@ -212,11 +208,7 @@ def test_a_node_cannot_take_another_partys_place_in_a_session(data_dir, tmp_path
         session_id = next(
             e["fields"]["session_id"] for e in started if e["event"] == "SESSION_STARTED"
         )
-        identity = Identity.load(fed.workdir / "unhcr" / "keys")
-        roster = Roster.load(fed.workdir / "roster.toml")
-        with grpc.secure_channel(
-            fed.address, channel_credentials(identity, roster), options=channel_options()
-        ) as channel:
+        with _channel(fed, fed.workdir / "unhcr" / "keys") as channel:
             relay = wire_pb2_grpc.CoordinatorStub(channel).Relay
             for claimed in (1, 2):  # drc's and nrc's party ids, claimed by unhcr
                 hello = wire_pb2.RelayFrame(session_id=session_id, from_pid=claimed, to_pid=-1)

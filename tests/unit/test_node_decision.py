@@ -13,7 +13,7 @@ from jointstats.config import NodeConfig, Policy
 from jointstats.keys import Identity, Roster, new_member
 from jointstats.node.policy import Offer, decide
 from jointstats.node.state import NodeState
-from jointstats.signing import SignedJob, sign_job, signing_fingerprint
+from jointstats.signing import SignedJob, sign_job
 from tests.conftest import JOB
 
 PARTIES = ["unhcr", "drc", "nrc"]
@@ -29,7 +29,7 @@ def world(tmp_path: Path):
     alice = Identity.load(tmp_path / "alice")
     policy = Policy(
         analysts={
-            signing_fingerprint(roster.get("alice").sign_public): {
+            roster.get("alice").signing_fingerprint: {
                 "households": ("region", "displacement_status")
             }
         },
