@@ -25,6 +25,7 @@ METHOD_ROLES: dict[str, tuple[str, ...]] = {
     "GetStatus": ANALYST,
     "GetResult": ANALYST,
     "ListNodes": ANALYST,
+    "Plan": ANALYST,
     "Connect": NODE,
     "Relay": NODE,
 }

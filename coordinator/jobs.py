@@ -7,6 +7,7 @@ submitted -> (every party accepts) -> running -> (every party reports the same t
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -14,9 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 
 from jointstats.audit import AuditLog
-from jointstats.errors import AuthError, JobError
+from jointstats.errors import AuthError, JobError, JointstatsError
+from jointstats.jobs import parse_job_bytes
 from jointstats.keys import Roster
 from jointstats.protocols import FederationView, Plan, parse_job
+from jointstats.protocols.release import Disclosure
+from jointstats.results import verify_result
+from jointstats.session import signed_part
 from jointstats.signing import SignedJob, verify_job
 from jointstats.v1 import wire_pb2
 
@@ -39,9 +44,10 @@ class NodeConn:
 class ActiveJob:
     record: JobRecord
     plan: Plan
-    min_cell: int
-    floors: dict[str, int] = field(default_factory=dict)
+    disclosure: Disclosure
+    floors: dict[str, tuple[int, int]] = field(default_factory=dict)  # min_cell, protection
     results: dict[str, bytes] = field(default_factory=dict)
+    signatures: dict[str, bytes] = field(default_factory=dict)
     session_id: str = ""
     deadline: asyncio.TimerHandle | None = None
 
@@ -67,6 +73,21 @@ class JobManager:
         if conn is not None:
             conn.outbox.put_nowait(message)
 
+    def plan(self, job_json: bytes) -> Plan:
+        """The parties this coordinator would run a job with; the analyst signs them."""
+        protocol, job = parse_job(parse_job_bytes(job_json))
+        return protocol.plan(job, self.view())
+
+    def _check_signed_plan(self, plan: Plan) -> None:
+        view = self.view()
+        for party in plan.parties:
+            if view.roles.get(party) not in ("node", "compute"):
+                raise JobError(f"signed party {party!r} is not a node in the roster")
+            if party not in view.online:
+                raise JobError(
+                    f"node {party!r} is not connected; ask for a new plan and sign again"
+                )
+
     def submit(self, signed: SignedJob, caller: str) -> str:
         envelope = verify_job(signed, self.roster)
         if envelope.analyst != caller:
@@ -74,11 +95,12 @@ class JobManager:
         if self.store.get(envelope.job_id) is not None:
             raise JobError(f"job id {envelope.job_id} was used before; sign the job again")
         protocol, job = parse_job(envelope.job)
-        plan = protocol.plan(job, self.view())
+        plan = Plan(envelope.parties, envelope.data_parties)
+        self._check_signed_plan(plan)
         record = JobRecord(envelope.job_id, signed.envelope, signed.signature, caller)
         record.nodes = {p: {"state": "offered", "reason": ""} for p in plan.parties}
         self.store.save(record)
-        active = ActiveJob(record, plan, protocol.min_cell(job))
+        active = ActiveJob(record, plan, protocol.disclosure(job))
         self.active[record.job_id] = active
         active.deadline = asyncio.get_running_loop().call_later(
             self.job_timeout, self._expire, record.job_id
@@ -123,14 +145,15 @@ class JobManager:
             self._set_node(active, node, "refused", decision.reason)
             self.fail(decision.job_id, f"node {node} refused: {decision.reason}", culprit=node)
             return
-        active.floors[node] = decision.min_cell_floor
+        active.floors[node] = (decision.min_cell_floor, decision.protection_floor)
         self._set_node(active, node, "accepted")
         if len(active.floors) == len(active.plan.parties):
             self._start_session(active)
 
     def _start_session(self, active: ActiveJob) -> None:
         active.session_id = uuid.uuid4().hex
-        min_cell = max([active.min_cell, *active.floors.values()])
+        min_cell = max([active.disclosure.min_cell, *(f[0] for f in active.floors.values())])
+        protection = max([active.disclosure.protection, *(f[1] for f in active.floors.values())])
         self.relay.open(active.session_id, active.record.job_id, active.plan.parties)
         start = wire_pb2.SessionStart(
             job_id=active.record.job_id,
@@ -138,6 +161,7 @@ class JobManager:
             parties=list(active.plan.parties),
             min_cell=min_cell,
             data_parties=list(active.plan.data_parties),
+            protection=max(protection, min_cell),
         )
         active.record.state = "running"
         self.store.save(active.record)
@@ -156,21 +180,37 @@ class JobManager:
             self._set_node(active, node, "running", report.reason)  # reason = current phase
         elif report.state == "done":
             active.results[node] = report.result_json
+            active.signatures[node] = report.signature
             self._set_node(active, node, "done")
             if len(active.results) == len(active.plan.parties):
                 self._release(active)
 
     def _release(self, active: ActiveJob) -> None:
-        tables = {n: json.loads(r) for n, r in active.results.items()}
-        first = tables[active.plan.parties[0]]
-        if any(
-            (t["columns"], t["rows"]) != (first["columns"], first["rows"]) for t in tables.values()
-        ):
+        try:
+            tables = {n: json.loads(r) for n, r in active.results.items()}
+            first = tables[active.plan.parties[0]]
+            same = all(
+                signed_part(t) == signed_part(first) and t.get("session") == first.get("session")
+                for t in tables.values()
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            same = False
+        if not same:
             self.fail(active.record.job_id, "parties reported different tables; result withheld")
             return
         first["metadata"]["timings_by_node"] = {
             n: t["metadata"].get("timings", {}) for n, t in tables.items()
         }
+        first["signatures"] = {
+            n: base64.b64encode(active.signatures.get(n, b"")).decode() for n in tables
+        }
+        first["envelope"] = base64.b64encode(active.record.envelope).decode()
+        first["envelope_signature"] = base64.b64encode(active.record.signature).decode()
+        try:
+            verify_result(first, self.roster, active.record.job_id)
+        except JointstatsError as exc:
+            self.fail(active.record.job_id, f"result withheld: {exc}")
+            return
         active.record.result_json = json.dumps(first).encode()
         active.record.state = "released"
         self._finish(active)

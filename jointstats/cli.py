@@ -133,9 +133,10 @@ def submit(
     config: ClientConfigOption = Path("client.toml"),
     wait: Annotated[bool, typer.Option(help="Wait and print the result.")] = False,
 ) -> None:
-    """Submit a job; prints its id."""
+    """Sign the job with the parties the coordinator plans (shown) and submit it; prints its
+    id."""
     with _client(config) as client:
-        job_id = client.submit(job)
+        job_id = client.submit(job, on_plan=_show_plan)
         out.print(job_id)
         if wait:
             _show_result(_follow(client, job_id))
@@ -160,18 +161,54 @@ def status(
         raise typer.Exit(9)
 
 
+def _show_plan(plan) -> None:
+    inputs = ", ".join(plan.data_parties)
+    err.print(
+        f"signing the job with parties {', '.join(plan.parties)} (inputs: {inputs})",
+        markup=False,
+        highlight=False,
+    )
+
+
 @app.command()
 def result(
-    job_id: str,
+    job_id: Annotated[str, typer.Argument(help="Job id, or `verify` to check a saved file.")],
+    saved: Annotated[
+        Path | None, typer.Argument(help="With `verify`: a result saved as .json.")
+    ] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help=".csv, .json or .parquet")] = None,
     config: ClientConfigOption = Path("client.toml"),
+    roster: Annotated[
+        Path | None, typer.Option(help="Roster for `verify` (default: the client config's).")
+    ] = None,
 ) -> None:
-    """Fetch a released table."""
+    """Fetch a released table and verify every party's signature on it; `jointstats result
+    verify FILE.json` checks a saved result offline."""
+    from jointstats.results import check_output_path
+
+    if job_id == "verify":
+        _verify_saved(saved, roster, config)
+        return
+    if out_file is not None:
+        check_output_path(out_file)
     with _client(config) as client:
         released = client.result(job_id)
     _show_result(released)
     if out_file is not None:
         released.write(out_file)
+
+
+def _verify_saved(saved: Path | None, roster: Path | None, config: Path) -> None:
+    from jointstats.config import ClientConfig
+    from jointstats.keys import Roster
+    from jointstats.results import Result
+
+    if saved is None:
+        raise typer.BadParameter("give the saved result: jointstats result verify FILE.json")
+    roster_path = roster if roster is not None else ClientConfig.load(config).roster
+    released = Result.verify_file(saved, Roster.load(roster_path))
+    parties = ", ".join(released.signed["session"]["parties"]) if released.signed else ""
+    out.print(f"{saved}: verified, signed by {parties}", markup=False, highlight=False)
 
 
 def _follow(client, job_id: str):

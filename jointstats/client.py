@@ -12,8 +12,9 @@ import grpc
 
 from jointstats.config import ClientConfig
 from jointstats.errors import JobFailed, JointstatsError, SessionTimeout, from_rpc_error
-from jointstats.jobs import load_job_file
+from jointstats.jobs import canonical_json, load_job_file
 from jointstats.keys import Identity, Roster
+from jointstats.protocols.base import Plan
 from jointstats.results import Result
 from jointstats.signing import DEFAULT_TTL_SECONDS, SignedJob, sign_job
 from jointstats.transport import channel_credentials, channel_options
@@ -40,9 +41,10 @@ class Client:
     def __init__(self, coordinator: str, roster: Path, keys: Path, timeout: float = 30.0) -> None:
         identity = Identity.load(keys)
         self._identity = identity
+        self._roster = Roster.load(roster)
         self._channel = grpc.secure_channel(
             coordinator,
-            channel_credentials(identity, Roster.load(roster)),
+            channel_credentials(identity, self._roster),
             options=channel_options(),
         )
         self._stub = wire_pb2_grpc.CoordinatorStub(self._channel)
@@ -59,10 +61,27 @@ class Client:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    def submit(self, job: dict[str, Any] | Path | str, ttl: float = DEFAULT_TTL_SECONDS) -> str:
-        """Sign the job with the analyst's key and submit it; returns the job id."""
+    def plan(self, job: dict[str, Any] | Path | str) -> Plan:
+        """The parties the coordinator would run the job with (to be signed with it)."""
         doc = job if isinstance(job, dict) else load_job_file(Path(job))
-        return self.submit_signed(sign_job(doc, self._identity, ttl))
+        reply = self._call("Plan", wire_pb2.PlanRequest(job_json=canonical_json(doc)))
+        return Plan(tuple(reply.parties), tuple(reply.data_parties))
+
+    def submit(
+        self,
+        job: dict[str, Any] | Path | str,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        on_plan: Callable[[Plan], None] | None = None,
+    ) -> str:
+        """Ask for the plan, sign the job and its parties with the analyst's key, and submit
+        it; returns the job id. Nodes refuse a session whose parties differ from the signed
+        ones, so the coordinator cannot bring in parties of its own choosing."""
+        doc = job if isinstance(job, dict) else load_job_file(Path(job))
+        plan = self.plan(doc)
+        if on_plan is not None:
+            on_plan(plan)
+        signed = sign_job(doc, self._identity, plan.parties, plan.data_parties, ttl)
+        return self.submit_signed(signed)
 
     def submit_signed(self, signed: SignedJob) -> str:
         request = wire_pb2.SubmitRequest(envelope=signed.envelope, signature=signed.signature)
@@ -74,8 +93,10 @@ class Client:
         return JobStatus(reply.job_id, reply.state, reply.reason, nodes)
 
     def result(self, job_id: str) -> Result:
+        """The released table, verified: every party's signature over the table and the
+        session it agreed on, against the roster (ResultError when anything differs)."""
         reply = self._call("GetResult", wire_pb2.ResultRequest(job_id=job_id))
-        return Result.from_json(reply.result_json)
+        return Result.from_json(reply.result_json, self._roster, job_id)
 
     def wait(
         self,

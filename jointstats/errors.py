@@ -7,11 +7,12 @@
     ├── AuthError                   exit 5   unknown certificate, wrong role, party impersonation
     ├── RefusedError                exit 6   a node's policy refused the job
     ├── PeerError                   exit 7   a peer or the coordinator failed or vanished
-    │   └── SessionTimeout          exit 8   an MPC session did not finish in time
+    │   ├── SessionTimeout          exit 8   an MPC session did not finish in time
+    │   └── SessionMismatch         exit 7   parties were given different session descriptions
     ├── JobFailed                   exit 9   the job ended failed; the message carries the reason
     └── AuditError                  exit 10  an audit log is damaged or cannot be written
 
-Messages never carry microdata values: they name datasets, columns and counts only.
+Messages never carry microdata values or counts: they name datasets, columns and nodes.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class PeerError(JointstatsError):
 class SessionTimeout(PeerError):
     exit_code = 8
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class SessionMismatch(PeerError):
+    """Two parties hold different descriptions of one session (a coordinator's doing)."""
+
+    exit_code = 7
 
 
 class JobFailed(JointstatsError):

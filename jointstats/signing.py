@@ -1,6 +1,7 @@
-"""Signed jobs: the analyst signs (Ed25519) an envelope holding the job, a job id, a nonce and
-an expiry. Every node verifies it against the roster before anything else, so a coordinator
-that changes one byte of a job cannot get a node to run it."""
+"""Signed jobs: the analyst signs (Ed25519) an envelope holding the job, the session's parties
+(as the coordinator planned them and the analyst saw them), a job id, a nonce and an expiry.
+Every node verifies it against the roster before anything else, so a coordinator that changes
+one byte of a job, or brings in a party the analyst did not sign, cannot get a node to run it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from jointstats.jobs import canonical_json
 from jointstats.keys import Identity, Roster
 
 DEFAULT_TTL_SECONDS = 24 * 3600
-ENVELOPE_FIELDS = {"job", "job_id", "nonce", "expires", "analyst"}
+ENVELOPE_FIELDS = {"job", "job_id", "nonce", "expires", "analyst", "parties", "data_parties"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Envelope:
     nonce: str
     expires: float
     analyst: str
+    parties: tuple[str, ...]  # the MPC session's parties, in party-id order
+    data_parties: tuple[str, ...]  # those of them that input data
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -42,6 +46,8 @@ class Envelope:
                 "nonce": self.nonce,
                 "expires": self.expires,
                 "analyst": self.analyst,
+                "parties": list(self.parties),
+                "data_parties": list(self.data_parties),
             }
         )
 
@@ -61,14 +67,21 @@ class SignedJob:
 
 
 def sign_job(
-    job: dict[str, Any], identity: Identity, ttl: float = DEFAULT_TTL_SECONDS
+    job: dict[str, Any],
+    identity: Identity,
+    parties: Sequence[str],
+    data_parties: Sequence[str],
+    ttl: float = DEFAULT_TTL_SECONDS,
 ) -> SignedJob:
+    """Sign a job together with the session's parties (from the coordinator's plan)."""
     envelope = Envelope(
         job=job,
         job_id=uuid.uuid4().hex[:16],
         nonce=base64.b64encode(secrets.token_bytes(16)).decode(),
         expires=round(time.time() + ttl, 3),
         analyst=identity.name,
+        parties=tuple(parties),
+        data_parties=tuple(data_parties),
     )
     data = envelope.to_bytes()
     return SignedJob(data, identity.sign_private.sign(data))
@@ -85,6 +98,8 @@ def _parse(data: bytes) -> Envelope:
         )
     if not isinstance(doc["job"], dict):
         raise JobError("signed job envelope: `job` must be a table")
+    if not all(_names(doc[key]) for key in ("parties", "data_parties")):
+        raise JobError("signed job envelope: `parties` and `data_parties` must list node names")
     try:
         return Envelope(
             doc["job"],
@@ -92,12 +107,20 @@ def _parse(data: bytes) -> Envelope:
             str(doc["nonce"]),
             float(doc["expires"]),
             str(doc["analyst"]),
+            tuple(doc["parties"]),
+            tuple(doc["data_parties"]),
         )
     except (TypeError, ValueError):
         raise JobError("signed job envelope has a malformed field") from None
 
 
-def verify_job(signed: SignedJob, roster: Roster, now: float | None = None) -> Envelope:
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def verify_job(
+    signed: SignedJob, roster: Roster, now: float | None = None, check_expiry: bool = True
+) -> Envelope:
     """Check signature (by an analyst in the roster) and expiry; return the envelope."""
     envelope = _parse(signed.envelope)
     member = roster.members.get(envelope.analyst)
@@ -111,6 +134,6 @@ def verify_job(signed: SignedJob, roster: Roster, now: float | None = None) -> E
         raise AuthError(
             "the job's signature does not match its content (altered or forged)"
         ) from None
-    if envelope.expires < (time.time() if now is None else now):
+    if check_expiry and envelope.expires < (time.time() if now is None else now):
         raise AuthError(f"job {envelope.job_id} has expired; sign and submit it again")
     return envelope

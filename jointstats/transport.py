@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from jointstats.errors import AuthError, PeerError
+from jointstats.errors import AuthError, PeerError, SessionMismatch
 from jointstats.keys import COORDINATOR_TLS_NAME, Identity, Roster, RosterFile, cert_fingerprint
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -82,14 +82,18 @@ def caller_fingerprint(context: grpc.ServicerContext) -> str:
     return cert_fingerprint(pems[0])
 
 
-HANDSHAKE = b"JSH1"
+HANDSHAKE = b"JSH2"
+HELLO_BYTES = 4 + 32 + 32 + 64  # tag, X25519 public key, session digest, Ed25519 signature
 
 
 class PairSeal:
     """AEAD sealing of one pair's messages inside one session."""
 
-    def __init__(self, session_id: str, my_pid: int, peer_pid: int) -> None:
+    def __init__(
+        self, session_id: str, my_pid: int, peer_pid: int, session_digest: bytes = bytes(32)
+    ) -> None:
         self._session = session_id.encode()
+        self._digest = session_digest
         self._me, self._peer = my_pid, peer_pid
         self._ephemeral = x25519.X25519PrivateKey.generate()
         self._send_aead: ChaCha20Poly1305 | None = None
@@ -97,27 +101,35 @@ class PairSeal:
         self._send_seq = 0
         self._recv_seq = 0
 
-    def _transcript(self, sender: int, receiver: int, public: bytes) -> bytes:
-        return HANDSHAKE + self._session + struct.pack("<ii", sender, receiver) + public
+    def _transcript(self, sender: int, receiver: int, public: bytes, digest: bytes) -> bytes:
+        return HANDSHAKE + self._session + struct.pack("<ii", sender, receiver) + public + digest
 
     def hello(self, identity: Identity) -> bytes:
-        """Our ephemeral public key, signed with our roster signing key."""
+        """Our ephemeral public key and our session description's digest, signed with our
+        roster signing key."""
         public = self._ephemeral.public_key().public_bytes_raw()
-        signature = identity.sign_private.sign(self._transcript(self._me, self._peer, public))
-        return HANDSHAKE + public + signature
+        transcript = self._transcript(self._me, self._peer, public, self._digest)
+        return HANDSHAKE + public + self._digest + identity.sign_private.sign(transcript)
 
     def accept_hello(self, data: bytes, peer_sign_public: bytes) -> None:
-        if len(data) != 4 + 32 + 64 or not data.startswith(HANDSHAKE):
+        """Check the peer's signed hello; refuse it when the peer runs a different session
+        description than ours (before any share is sent)."""
+        if len(data) != HELLO_BYTES or not data.startswith(HANDSHAKE):
             raise PeerError(f"party {self._peer} sent a malformed session handshake")
-        public, signature = data[4:36], data[36:]
+        public, digest, signature = data[4:36], data[36:68], data[68:]
         try:
             ed25519.Ed25519PublicKey.from_public_bytes(peer_sign_public).verify(
-                signature, self._transcript(self._peer, self._me, public)
+                signature, self._transcript(self._peer, self._me, public, digest)
             )
         except InvalidSignature:
             raise AuthError(
                 f"party {self._peer}'s session key is not signed by its roster key"
             ) from None
+        if digest != self._digest:
+            raise SessionMismatch(
+                f"party {self._peer} was given a different session description (parties or "
+                "disclosure settings differ); the session is stopped before any share is sent"
+            )
         shared = self._ephemeral.exchange(x25519.X25519PublicKey.from_public_bytes(public))
         self._send_aead = ChaCha20Poly1305(self._direction_key(shared, self._me, self._peer))
         self._recv_aead = ChaCha20Poly1305(self._direction_key(shared, self._peer, self._me))

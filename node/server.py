@@ -16,24 +16,25 @@ import grpc
 from jointstats.audit import AuditLog
 from jointstats.config import NodeConfig
 from jointstats.errors import JointstatsError
-from jointstats.jobs import canonical_json
 from jointstats.keys import Identity, RosterFile
+from jointstats.session import SessionDescription, SessionSpec, result_message, table_digest
 from jointstats.signing import SignedJob
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
-from .policy import Decision, Offer, decide
+from .policy import (
+    Decision,
+    Offer,
+    SessionStartView,
+    check_release,
+    check_session_start,
+    decide,
+)
 from .state import NodeState
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-def table_digest(result: dict[str, Any]) -> str:
-    """SHA-256 of the released table (columns and rows), the same at every party."""
-    table = {"columns": result["columns"], "rows": result["rows"]}
-    return hashlib.sha256(canonical_json(table)).hexdigest()
 
 
 class Node:
@@ -138,6 +139,7 @@ class Node:
         )
         if decision.accept and decision.envelope is not None:
             if decision.envelope.job_id != offer.job_id:
+                self._refund(decision.envelope.job_id, "refused after charging: job id mismatch")
                 decision = Decision(False, "the offer's job id differs from the signed one")
             else:
                 self.offers[offer.job_id] = (decision, offer)
@@ -164,6 +166,7 @@ class Node:
                 accept=decision.accept,
                 reason=decision.reason,
                 min_cell_floor=self.config.policy.min_cell,
+                protection_floor=getattr(self.config.policy, "protection", 0),
             )
         )
 
@@ -173,39 +176,55 @@ class Node:
             self._fail_session(start.job_id, "session start for a job this node did not accept")
             return
         decision, offer = accepted
-        if (list(start.parties), list(start.data_parties)) != (
-            list(offer.parties),
-            list(offer.data_parties),
-        ):
-            self._fail_session(start.job_id, "the session's parties differ from the offer's")
-            return
-        signed_floor = decision.protocol.min_cell(decision.job) if decision.protocol else 0
-        if start.min_cell < max(self.config.policy.min_cell, signed_floor):
-            self._fail_session(
-                start.job_id, "threshold below the signed job's or this node's floor"
+        view = SessionStartView(
+            list(start.parties), list(start.data_parties), start.min_cell, start.protection
+        )
+        try:
+            check_session_start(
+                self.config,
+                decision,
+                Offer(
+                    SignedJob(offer.envelope, offer.signature),
+                    list(offer.parties),
+                    list(offer.data_parties),
+                ),
+                view,
             )
+        except JointstatsError as exc:
+            self._fail_session(start.job_id, str(exc))
             return
+        description = self._description(decision, start, hashlib.sha256(offer.envelope).hexdigest())
+        self.state.mark_started(start.job_id)
         self.audit.append(
             "SESSION_STARTED",
             start.job_id,
             decision.envelope.analyst if decision.envelope else "",
             **{
                 "session_id": start.session_id,
+                "session_sha256": description.digest.hex(),
                 "parties": list(start.parties),
                 "data_parties": list(start.data_parties),
-                "min_cell": start.min_cell,
+                "disclosure": description.disclosure,
             },
         )
-        self.sessions[start.job_id] = asyncio.create_task(self._run_session(decision, start))
+        self.sessions[start.job_id] = asyncio.create_task(self._run_session(decision, description))
 
     def _on_abort(self, abort: wire_pb2.SessionAbort) -> None:
         if self.offers.pop(abort.job_id, None) is not None:  # accepted, not started: log it too
             self.audit.append("SESSION_ABORTED", abort.job_id, reason=abort.reason)
+            self._refund(abort.job_id, "aborted before its session started")
         task = self.sessions.pop(abort.job_id, None)
         if task is not None:
             self.abort_reasons[abort.job_id] = f"coordinator aborted the job: {abort.reason}"
             task.cancel()
             log.info("SESSION_ABORTED job=%s reason=%s", abort.job_id, abort.reason)
+
+    def _refund(self, job_id: str, reason: str) -> None:
+        """Give back the epsilon charged for a job whose session never started (audited)."""
+        refunded = self.state.refund(job_id)
+        if refunded:
+            self.audit.append("EPSILON_REFUNDED", job_id, epsilon_refunded=refunded, reason=reason)
+            log.info("EPSILON_REFUNDED job=%s epsilon=%s reason=%s", job_id, refunded, reason)
 
     def _report(self, job_id: str, state: str, reason: str = "", result: bytes = b"") -> None:
         self._send(
@@ -214,51 +233,56 @@ class Node:
             )
         )
 
-    def _session_spec(self, decision: Decision, start: wire_pb2.SessionStart) -> dict:
-        assert decision.envelope is not None
-        return {
-            "job_id": start.job_id,
-            "session_id": start.session_id,
-            "job_json": decision.envelope.job_bytes.decode(),
-            "node": self.config.name,
-            "parties": list(start.parties),
-            "data_parties": list(start.data_parties),
-            "min_cell": start.min_cell,
-            "coordinator": self.config.coordinator,
-            "key_dir": str(self.config.keys),
-            "roster": str(self.config.roster),
-            "datasets": self.config.datasets,
-            "timeout": self.config.session_timeout,
-            "max_rows": self.config.policy.max_rows,
-        }
+    def _description(
+        self, decision: Decision, start: wire_pb2.SessionStart, envelope_sha256: str
+    ) -> SessionDescription:
+        """This node's view of the session; every party must derive the same one."""
+        assert decision.envelope is not None and decision.protocol is not None
+        disclosure = decision.protocol.disclosure(decision.job)
+        return SessionDescription(
+            job_id=start.job_id,
+            session_id=start.session_id,
+            envelope_sha256=envelope_sha256,
+            protocol=decision.protocol.kind,
+            protocol_version=decision.protocol.version,
+            parties=tuple(start.parties),
+            data_parties=tuple(start.data_parties),
+            disclosure=disclosure.effective(start.min_cell, start.protection),
+        )
 
-    async def _run_session(self, decision: Decision, start: wire_pb2.SessionStart) -> None:
-        job_id = start.job_id
+    def _session_spec(self, decision: Decision, description: SessionDescription) -> SessionSpec:
+        assert decision.envelope is not None
+        return SessionSpec(
+            description=description,
+            job_json=decision.envelope.job_bytes.decode(),
+            node=self.config.name,
+            coordinator=self.config.coordinator,
+            key_dir=str(self.config.keys),
+            roster=str(self.config.roster),
+            datasets=self.config.datasets,
+            timeout=self.config.session_timeout,
+            max_rows=self.config.policy.max_rows,
+        )
+
+    async def _run_session(self, decision: Decision, description: SessionDescription) -> None:
+        job_id = description.job_id
         try:
             async with self.slots:
                 worker = await self.pool.take()
                 self._report(job_id, "running")
                 try:
                     answer = await worker.run(
-                        self._session_spec(decision, start),
+                        self._session_spec(decision, description).to_dict(),
                         self.config.session_timeout + 30,
                         on_progress=lambda phase: self._report(job_id, "running", phase),
                     )
                 finally:
                     await worker.kill()
             if answer.get("ok"):
-                result = answer["result"]
-                self._report(job_id, "done", result=json.dumps(result).encode())
-                self.audit.append(
-                    "RESULT_RELEASED",
-                    job_id,
-                    **{
-                        "table_sha256": table_digest(result),
-                        "epsilon_charged": decision.epsilon,
-                        **answer.get("facts", {}),
-                    },
-                )
-                log.info("SESSION_DONE job=%s", job_id)
+                self._release(decision, description, answer)
+            elif answer.get("type") == "SessionMismatch":
+                self.audit.append("SESSION_MISMATCH", job_id, reason=answer.get("error", ""))
+                self._fail_session(job_id, answer.get("error", "session description mismatch"))
             else:
                 self._fail_session(job_id, answer.get("error", "session failed"))
         except JointstatsError as exc:
@@ -271,6 +295,35 @@ class Node:
         finally:
             self.sessions.pop(job_id, None)
             self.pool.warm()
+
+    def _release(
+        self, decision: Decision, description: SessionDescription, answer: dict[str, Any]
+    ) -> None:
+        """Check the table against this node's own threshold, sign it with the session
+        description, report it and log it."""
+        result = answer["result"]
+        check_release(self.config, result, description.disclosure)
+        signature = self.identity.sign_private.sign(result_message(description.digest, result))
+        self._send(
+            report=wire_pb2.SessionReport(
+                job_id=description.job_id,
+                state="done",
+                result_json=json.dumps(result).encode(),
+                signature=signature,
+            )
+        )
+        self.audit.append(
+            "RESULT_RELEASED",
+            description.job_id,
+            **{
+                "table_sha256": table_digest(result),
+                "session_sha256": description.digest.hex(),
+                "signature": base64.b64encode(signature).decode(),
+                "epsilon_charged": decision.epsilon,
+                **answer.get("facts", {}),
+            },
+        )
+        log.info("SESSION_DONE job=%s", description.job_id)
 
     async def _abort_sessions(self, reason: str) -> None:
         for job_id, task in list(self.sessions.items()):
@@ -298,7 +351,29 @@ class Node:
 
 
 async def serve(config: NodeConfig) -> None:
+    from jointstats.errors import ConfigError
+
+    keys_name = Identity.load(config.keys).name
+    if keys_name != config.name:
+        raise ConfigError(
+            f"this node's config names it {config.name!r} but its keys ({config.keys}) are "
+            f"{keys_name!r}'s: give the config name = {keys_name!r} or the keys of {config.name!r}"
+        )
     node = Node(config)
+    connect_once = node._connect_once
+
+    async def connect_or_give_up(stop: asyncio.Event) -> None:
+        """A stream refused as a second one of this member: another process has our keys."""
+        try:
+            await connect_once(stop)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            log.error("coordinator refused this node: %s", exc.details())
+            await node._shutdown()
+            raise JointstatsError(f"coordinator refused this node: {exc.details()}") from None
+
+    node._connect_once = connect_or_give_up  # type: ignore[method-assign]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,7 +22,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import source_for  # noqa: E402
 from jointstats.protocols import parse_job  # noqa: E402
 from jointstats.protocols.base import SessionContext  # noqa: E402
+from jointstats.session import SessionSpec  # noqa: E402
 from jointstats.transport import channel_credentials, channel_options  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -53,27 +53,6 @@ HANDSHAKE_SECONDS = 30.0
 PRECONNECT_ENV = "JOINTSTATS_PRECONNECT"
 PRECONNECT_SECONDS = 10.0
 BYE_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    job_id: str
-    session_id: str
-    job_json: str
-    node: str
-    parties: list[str]
-    data_parties: list[str]
-    min_cell: int
-    coordinator: str
-    key_dir: str
-    roster: str
-    datasets: dict[str, Any]
-    timeout: float
-    max_rows: int = 0
-
-    @property
-    def pid(self) -> int:
-        return self.parties.index(self.node)
 
 
 class RelayChannel:
@@ -182,9 +161,11 @@ async def run_session(
     facts_of = getattr(protocol, "local_facts", None)
     facts = facts_of(job, local) if facts_of is not None and local is not None else {}
     if spec.max_rows and facts.get("rows_used", 0) > spec.max_rows:
+        # the exact figures are for the operator; the message that leaves the node has no counts
+        log.warning("job %s: %d rows, max_rows %d", spec.job_id, facts["rows_used"], spec.max_rows)
         raise RefusedError(
-            f"node {spec.node}: the job would use {facts['rows_used']} rows; "
-            f"this node's policy allows {spec.max_rows}"
+            f"node {spec.node}: the job would use more rows than this node's policy allows "
+            "(max_rows)"
         )
     rt = _new_runtime(spec.pid, len(spec.parties))
     link = RelayLink(
@@ -194,6 +175,7 @@ async def run_session(
         spec.session_id,
         spec.pid,
         channel,
+        spec.description.digest,
     )
     try:
         progress("connect")
@@ -206,7 +188,7 @@ async def run_session(
             spec.pid,
             tuple(spec.parties),
             tuple(spec.data_parties),
-            spec.min_cell,
+            dict(spec.description.disclosure),
             channel=RelayChannel(link, spec),
             progress=progress,
         )
@@ -219,6 +201,7 @@ async def run_session(
     finally:
         await link.close()
     result["metadata"].update(job_id=spec.job_id, session_id=spec.session_id)
+    result["session"] = spec.description.to_dict()
     result["metadata"].setdefault("timings", {}).update(
         {k: round(v, 4) for k, v in timings.items()}
     )
@@ -252,7 +235,7 @@ def main() -> int:
     if not line:
         os._exit(0)  # the node shut down before handing us a session
     try:
-        spec = SessionSpec(**json.loads(line))
+        spec = SessionSpec.from_dict(json.loads(line))
 
         def progress(phase: str) -> None:
             result_pipe.write(json.dumps({"progress": phase}) + "\n")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from jointstats.protocols.release import Disclosure
 
 MIN_PARTIES = 3
 
@@ -45,10 +48,14 @@ class SessionContext:
     pid: int
     parties: tuple[str, ...]
     data_parties: tuple[str, ...]
-    min_cell: int
+    disclosure: dict[str, Any]  # the session's effective settings (min_cell, protection, ...)
     channel: PartyChannel | None = None
     timings: dict[str, float] = field(default_factory=dict)
     progress: Callable[[str], None] = field(default=lambda phase: None)  # reports a phase name
+
+    @property
+    def min_cell(self) -> int:
+        return int(self.disclosure["min_cell"])
 
     def pid_of(self, name: str) -> int:
         return self.parties.index(name)
@@ -58,6 +65,7 @@ class JobProtocol(Protocol):
     """The interface every module in protocols/ implements (see protocols/crosstab.py)."""
 
     kind: str
+    version: int  # part of the session description: parties must run the same version
 
     def parse(self, doc: dict[str, Any]) -> Any:
         """Validate a job document; raise JobError with a one-line reason."""
@@ -68,8 +76,8 @@ class JobProtocol(Protocol):
     def columns_used(self, job: Any, node: str) -> dict[str, list[str]]:
         """Datasets and columns of `node` that the job touches (for policy and audit)."""
 
-    def min_cell(self, job: Any) -> int:
-        """The job's own suppression threshold."""
+    def disclosure(self, job: Any) -> Disclosure:
+        """The job's `[disclosure]` settings (protocols.release.parse_disclosure)."""
 
     def signed_parties(self, job: Any) -> tuple[tuple[str, ...] | None, set[str]]:
         """(input nodes named by the signed job or None, other parties it names): nodes check

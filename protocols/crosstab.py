@@ -23,8 +23,8 @@ node's knowledge of its own data. The coordinator sees only ciphertext sizes and
 
 from __future__ import annotations
 
-import asyncio
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 from jointstats.errors import DataError, JobError
 from jointstats.protocols import disclosure
 from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
+from jointstats.protocols.release import Disclosure, parse_disclosure, release
 
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
 SUM_SCALE = 100  # sums travel as integers in hundredths
@@ -42,9 +43,8 @@ MAX_FIXED = float(1 << 58)  # per node and cell, so that the sum over nodes stay
 MAX_SCALED_WEIGHT = 1 << 62  # a node's scaled weight total; keeps the sum inside SecInt(64)
 OTHER = "other"
 FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure"}
-DISCLOSURE_FIELDS = {"min_cell", "release_zeros", "margins", "epsilon"}
 TOTAL = "total"
-MAX_EPSILON = 10.0
+VERSION = 2  # bumped when the session's messages or the release rule change
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,29 @@ class CrosstabJob:
     inputs: tuple[str, ...] | None = None
     sum: str | None = None
     bounds: tuple[float, float] | None = None
-    min_cell: int = 5
-    release_zeros: bool = False
     other: bool = False
-    margins: bool = False
-    epsilon: float = 0.0
     weight: str | None = None
+    disclosure: Disclosure = Disclosure()
+
+    @property
+    def min_cell(self) -> int:
+        return self.disclosure.min_cell
+
+    @property
+    def release_zeros(self) -> bool:
+        return self.disclosure.release_zeros
+
+    @property
+    def margins(self) -> bool:
+        return self.disclosure.margins
+
+    @property
+    def epsilon(self) -> float:
+        return self.disclosure.epsilon
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(d) for d in self.cell_domains)
 
     @property
     def measures(self) -> list[str]:
@@ -110,29 +127,6 @@ def _parse_domains(doc: dict[str, Any], by: tuple[str, ...]) -> tuple[dict, bool
     return domains, other
 
 
-def _parse_disclosure(doc: dict[str, Any]) -> tuple[int, bool, bool, float]:
-    """[disclosure]: min_cell, release_zeros, margins, epsilon."""
-    table = doc.get("disclosure", {})
-    _require(isinstance(table, dict), "[disclosure] must be a table")
-    unknown = set(table) - DISCLOSURE_FIELDS
-    _require(not unknown, f"unknown field(s) in [disclosure]: {', '.join(sorted(unknown))}")
-    min_cell = table.get("min_cell", 5)
-    _require(
-        isinstance(min_cell, int) and not isinstance(min_cell, bool) and min_cell >= 1,
-        "`min_cell` must be a whole number >= 1",
-    )
-    flags = [table.get(name, False) for name in ("release_zeros", "margins")]
-    _require(all(isinstance(f, bool) for f in flags), "`release_zeros`, `margins`: true or false")
-    epsilon = table.get("epsilon", 0.0)
-    _require(
-        isinstance(epsilon, (int, float))
-        and not isinstance(epsilon, bool)
-        and (epsilon == 0 or 0 < epsilon <= MAX_EPSILON),
-        f"`epsilon` must be a number in (0, {MAX_EPSILON:g}]",
-    )
-    return min_cell, flags[0], flags[1], float(epsilon)
-
-
 def _parse_sum(doc: dict[str, Any]) -> tuple[str | None, tuple[float, float] | None]:
     column = doc.get("sum")
     if column is None:
@@ -152,6 +146,7 @@ def _parse_sum(doc: dict[str, Any]) -> tuple[str | None, tuple[float, float] | N
 
 class Crosstab:
     kind = "crosstab"
+    version = VERSION
 
     def parse(self, doc: dict[str, Any]) -> CrosstabJob:
         unknown = set(doc) - FIELDS
@@ -164,7 +159,8 @@ class Crosstab:
         domains, other = _parse_domains(doc, by)
         sum_column, bounds = _parse_sum(doc)
         _require(sum_column not in by, "`sum` cannot also be a `by` column")
-        min_cell, release_zeros, margins, epsilon = _parse_disclosure(doc)
+        disclosure = parse_disclosure(doc)
+        margins, epsilon = disclosure.margins, disclosure.epsilon
         weight = doc.get("weight")
         _require(weight is None or (isinstance(weight, str) and weight), "`weight`: one column")
         _require(weight not in by, "`weight` cannot also be a `by` column")
@@ -176,9 +172,8 @@ class Crosstab:
             f"with `margins`, no domain may contain {TOTAL!r}",
         )
         job = CrosstabJob(
-            dataset, by, domains, inputs, sum_column, bounds, min_cell, release_zeros, other,
-            margins, epsilon, weight,
-        )  # fmt: skip
+            dataset, by, domains, inputs, sum_column, bounds, other, weight, disclosure
+        )
         _require(
             job.n_cells <= MAX_CELLS, f"the table has {job.n_cells} cells; at most {MAX_CELLS}"
         )
@@ -210,8 +205,8 @@ class Crosstab:
     def columns_used(self, job: CrosstabJob, node: str) -> dict[str, list[str]]:
         return {job.dataset: list(job.by) + [c for c in (job.sum, job.weight) if c]}
 
-    def min_cell(self, job: CrosstabJob) -> int:
-        return job.min_cell
+    def disclosure(self, job: CrosstabJob) -> Disclosure:
+        return job.disclosure
 
     def signed_parties(self, job: CrosstabJob) -> tuple[tuple[str, ...] | None, set[str]]:
         """The input nodes the signed job names (if any); no other party is named."""
@@ -261,12 +256,11 @@ class Crosstab:
         if job.epsilon:
             noise = disclosure.discrete_laplace_noise(mpc, count_type, n, job.epsilon)
             measures["count"] = [c + z for c, z in zip(measures["count"], noise, strict=True)]
-        entries = _entries(mpc, job, ctx.min_cell, measures)
-        suppressed = [bool(f) for f in await mpc.output([e.flag for e in entries])]
-        released = [e for e, hidden in zip(entries, suppressed, strict=True) if not hidden]
-        values = await _open_released(mpc, released, others)
-        rows = [_row(job, e, values.get(id(e))) for e in entries]
-        return {"columns": _columns(job), "rows": rows, "metadata": _metadata(job, ctx, suppressed)}
+        shape = job.shape if job.margins else (job.n_cells,)
+        outcome = await release(mpc, measures, shape, ctx.disclosure)
+        labels = _labels(job)
+        rows = [_row(job, *entry) for entry in zip(labels, outcome.values, strict=True)]
+        return {"columns": _columns(job), "rows": rows, "metadata": _metadata(job, ctx, outcome)}
 
 
 def _shared_sum(mpc: Any, sectype: type, mine: np.ndarray, senders: list[int]) -> list[Any]:
@@ -275,32 +269,28 @@ def _shared_sum(mpc: Any, sectype: type, mine: np.ndarray, senders: list[int]) -
     return [mpc.sum(list(column)) for column in zip(*shared, strict=True)]
 
 
-async def _open_released(mpc: Any, released: list, others: list[str]) -> dict[int, dict]:
-    """Open the released entries' measures: counts and the 64-bit measures in parallel."""
-    if not released:
-        return {}
-    counts = mpc.output([e.values["count"] for e in released])
-    rest = mpc.output([e.values[m] for m in others for e in released]) if others else None
-    counts, rest = await asyncio.gather(counts, rest) if rest is not None else (await counts, [])
-    k = len(released)
-    return {
-        id(e): {"count": int(counts[i])} | {m: int(rest[j * k + i]) for j, m in enumerate(others)}
-        for i, e in enumerate(released)
-    }
-
-
 def _check_measures(job: CrosstabJob, grouped: Any) -> None:
-    """Sums need numbers; weights need non-negative finite numbers (counts, never values)."""
+    """Sums need numbers; weights need non-negative finite numbers. The message that leaves
+    the node names the problem, never values or counts; the counts go to the node's log."""
+    log = logging.getLogger(__name__)
     if grouped.value_nulls or grouped.value_non_numeric:
+        log.warning(
+            "dataset %s, column %s: %d empty and %d non-numeric values",
+            job.dataset, job.sum, grouped.value_nulls, grouped.value_non_numeric,
+        )  # fmt: skip
+        kinds = ["empty"] if grouped.value_nulls else []
+        kinds += ["non-numeric"] if grouped.value_non_numeric else []
         raise DataError(
-            f"dataset {job.dataset}, column {job.sum}: {grouped.value_nulls} empty and "
-            f"{grouped.value_non_numeric} non-numeric values; "
+            f"dataset {job.dataset}, column {job.sum}: {' and '.join(kinds)} values; "
             "clean them or choose another column"
         )
     if grouped.weight_bad:
+        log.warning(
+            "dataset %s, column %s: %d bad weights", job.dataset, job.weight, grouped.weight_bad
+        )
         raise DataError(
-            f"dataset {job.dataset}, column {job.weight}: {grouped.weight_bad} weights are "
-            "empty, not a number, negative or infinite; weights must be finite and >= 0"
+            f"dataset {job.dataset}, column {job.weight}: weights that are empty, not a number, "
+            "negative or infinite; weights must be finite and >= 0"
         )
 
 
@@ -317,51 +307,15 @@ def _scatter(job: CrosstabJob, cells: np.ndarray, values: np.ndarray) -> np.ndar
     return out
 
 
-@dataclass
-class _Entry:
-    """One line of the released table (a cell or a margin), still secret-shared."""
-
-    labels: tuple[str, ...]
-    flag: Any  # 1 = suppressed
-    values: dict[str, Any]  # measure -> secret-shared total
-
-
-def _entries(mpc: Any, job: CrosstabJob, k: int, measures: dict[str, list]) -> list[_Entry]:
-    counts = measures["count"]
-    flags = disclosure.primary_flags(counts, k, job.release_zeros)
-    labels = list(itertools.product(*job.cell_domains))
-    if not job.margins:
-        return _cells(labels, flags, measures)
+def _labels(job: CrosstabJob) -> list[tuple[str, ...]]:
+    """Labels of the released lines in release order: cells, row totals, column totals, total."""
     domains = job.cell_domains
-    shape = (len(domains[0]), len(domains[1])) if len(domains) == 2 else (1, len(domains[0]))
-    zeros = [c == 0 for c in counts] if job.release_zeros else None
-    flags, row_flags, col_flags, grand_flag = disclosure.secondary_suppression(
-        mpc, counts, flags, shape, k, avoid=zeros
-    )
-    entries = _cells(labels, flags, measures)
-
-    def margin(labels: tuple[str, ...], index: list[int], flag: Any) -> _Entry:
-        return _Entry(
-            labels, flag, {m: mpc.sum([v[i] for i in index]) for m, v in measures.items()}
-        )
-
-    rows, cols = shape
+    labels = list(itertools.product(*domains))
+    if not job.margins:
+        return labels
     if len(domains) == 2:
-        for r in range(rows):
-            index = [r * cols + c for c in range(cols)]
-            entries.append(margin((domains[0][r], TOTAL), index, row_flags[r]))
-        for c in range(cols):
-            index = [r * cols + c for r in range(rows)]
-            entries.append(margin((TOTAL, domains[1][c]), index, col_flags[c]))
-    everything = list(range(len(counts)))
-    return [*entries, margin((TOTAL,) * len(domains), everything, grand_flag)]
-
-
-def _cells(labels: list[tuple[str, ...]], flags: list, measures: dict[str, list]) -> list[_Entry]:
-    return [
-        _Entry(label, flag, {m: v[i] for m, v in measures.items()})
-        for i, (label, flag) in enumerate(zip(labels, flags, strict=True))
-    ]
+        labels += [(r, TOTAL) for r in domains[0]] + [(TOTAL, c) for c in domains[1]]
+    return [*labels, (TOTAL,) * len(domains)]
 
 
 def _columns(job: CrosstabJob) -> list[str]:
@@ -369,10 +323,10 @@ def _columns(job: CrosstabJob) -> list[str]:
     return [*job.by, "count", *weighted, *(["sum", "mean"] if job.sum else []), "suppressed"]
 
 
-def _row(job: CrosstabJob, entry: _Entry, values: dict[str, int] | None) -> list[Any]:
+def _row(job: CrosstabJob, labels: tuple[str, ...], values: dict[str, int] | None) -> list[Any]:
     """The released line; a suppressed one (values None) has empty measures."""
     count = values["count"] if values else None
-    row: list[Any] = [*entry.labels, count]
+    row: list[Any] = [*labels, count]
     if job.weight:
         row.append(values["weight"] / WEIGHT_SCALE if values else None)
     if job.sum:
@@ -381,21 +335,20 @@ def _row(job: CrosstabJob, entry: _Entry, values: dict[str, int] | None) -> list
     return [*row, values is None]
 
 
-def _metadata(job: CrosstabJob, ctx: SessionContext, suppressed: list[bool]) -> dict[str, Any]:
+def _metadata(job: CrosstabJob, ctx: SessionContext, outcome: Any) -> dict[str, Any]:
     return {
         "kind": "crosstab",
         "inputs": _inputs(job, ctx),
         "parties": list(ctx.parties),
         "disclosure": {
-            "min_cell": ctx.min_cell,
-            "release_zeros": job.release_zeros,
-            "margins": job.margins,
-            "epsilon": job.epsilon,
+            **ctx.disclosure,
             "noise": "discrete Laplace, scale 1/epsilon, inside MPC" if job.epsilon else None,
         },
         "epsilon_spent": job.epsilon,
         "cells": job.n_cells,
-        "suppressed_cells": sum(suppressed[: job.n_cells]),
+        "suppressed_cells": sum(outcome.suppressed[: job.n_cells]),
+        "secondary_suppressed": outcome.secondary_cells,
+        "narrowest_interval": outcome.narrowest_interval,
     }
 
 
@@ -409,7 +362,7 @@ def _cell_indices(
     job: CrosstabJob, keys: list[tuple[str | None, ...]], counts: list[int], dataset: str
 ) -> np.ndarray:
     """Cell of each group; empty (NULL) keys and values outside a domain are counted per
-    column and reported without the values."""
+    column for the node's log and reported without the values or the counts."""
     index_maps = [{v: i for i, v in enumerate(d)} for d in job.cell_domains]
     outside, empty = [0] * len(job.by), [0] * len(job.by)
     cells = np.zeros(len(keys), dtype=np.int64)
@@ -427,14 +380,21 @@ def _cell_indices(
         cells[row] = cell
     problems = [_problem(*p) for p in zip(job.by, empty, outside, strict=True) if p[1] or p[2]]
     if problems:
+        for column, n_empty, n_outside in zip(job.by, empty, outside, strict=True):
+            if n_empty or n_outside:
+                logging.getLogger(__name__).warning(
+                    "dataset %s, column %s: %d empty values, %d values outside the domain",
+                    dataset, column, n_empty, n_outside,
+                )  # fmt: skip
         hint = "declare them in [domains] or set `other = true`; fill or drop empty values"
         raise DataError(f"dataset {dataset}: {'; '.join(problems)} ({hint})")
     return cells
 
 
 def _problem(column: str, empty: int, outside: int) -> str:
-    parts = [f"{empty} empty values"] if empty else []
-    parts += [f"{outside} values outside the declared domain"] if outside else []
+    """What is wrong with a column, without the counts (they are the node's exact counts)."""
+    parts = ["empty values"] if empty else []
+    parts += ["values outside the declared domain"] if outside else []
     return f"column {column}: {' and '.join(parts)}"
 
 

@@ -64,10 +64,12 @@ from jointstats.protocols.linked import job as schema
 from jointstats.protocols.linked import program
 from jointstats.protocols.linked.job import LinkedJob
 from jointstats.protocols.linked.records import Records, prepare
+from jointstats.protocols.release import Disclosure
 
 
 class LinkedCrosstab:
     kind = schema.KIND
+    version = schema.VERSION
 
     def parse(self, doc: dict[str, Any]) -> LinkedJob:
         return schema.parse(doc)
@@ -78,8 +80,8 @@ class LinkedCrosstab:
     def columns_used(self, job: LinkedJob, node: str) -> dict[str, list[str]]:
         return schema.columns_used(job, node)
 
-    def min_cell(self, job: LinkedJob) -> int:
-        return job.min_cell
+    def disclosure(self, job: LinkedJob) -> Disclosure:
+        return job.disclosure
 
     def signed_parties(self, job: LinkedJob) -> tuple[tuple[str, ...] | None, set[str]]:
         """The input nodes and the non-input parties the analyst's signed job names."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jointstats/v1/wire.proto\x12\rjointstats.v1\"4\n\rSubmitRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x1d\n\x0bSubmitReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\tNodeState\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8d\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\'\n\x05nodes\x18\x04 \x03(\x0b\x32\x18.jointstats.v1.NodeState\x12\x14\n\x0csubmitted_at\x18\x05 \x01(\x01\x12\x12\n\nupdated_at\x18\x06 \x01(\x01\"\x1f\n\rResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0bResultReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bresult_json\x18\x02 \x01(\x0c\"\x12\n\x10ListNodesRequest\"H\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\"8\n\x0eListNodesReply\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.jointstats.v1.NodeInfo\"\x9c\x01\n\x0bNodeMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.jointstats.v1.HelloH\x00\x12.\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1a.jointstats.v1.JobDecisionH\x00\x12.\n\x06report\x18\x03 \x01(\x0b\x32\x1c.jointstats.v1.SessionReportH\x00\x42\x06\n\x04kind\"\x19\n\x05Hello\x12\x10\n\x08\x64\x61tasets\x18\x01 \x03(\t\"U\n\x0bJobDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0emin_cell_floor\x18\x04 \x01(\x05\"S\n\rSessionReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bresult_json\x18\x04 \x01(\x0c\"\xa2\x01\n\x12\x43oordinatorMessage\x12(\n\x05offer\x18\x01 \x01(\x0b\x32\x17.jointstats.v1.JobOfferH\x00\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.jointstats.v1.SessionStartH\x00\x12,\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x1b.jointstats.v1.SessionAbortH\x00\x42\x06\n\x04kind\"f\n\x08JobOffer\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x0f\n\x07parties\x18\x03 \x03(\t\x12\x14\n\x0c\x64\x61ta_parties\x18\x04 \x03(\t\"k\n\x0cSessionStart\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x03(\t\x12\x10\n\x08min_cell\x18\x04 \x01(\x05\x12\x14\n\x0c\x64\x61ta_parties\x18\x05 \x03(\t\".\n\x0cSessionAbort\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\nRelayFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_pid\x18\x02 \x01(\x05\x12\x0e\n\x06to_pid\x18\x03 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x32\xbb\x03\n\x0b\x43oordinator\x12\x42\n\x06Submit\x12\x1c.jointstats.v1.SubmitRequest\x1a\x1a.jointstats.v1.SubmitReply\x12\x43\n\tGetStatus\x12\x1c.jointstats.v1.StatusRequest\x1a\x18.jointstats.v1.JobStatus\x12\x45\n\tGetResult\x12\x1c.jointstats.v1.ResultRequest\x1a\x1a.jointstats.v1.ResultReply\x12K\n\tListNodes\x12\x1f.jointstats.v1.ListNodesRequest\x1a\x1d.jointstats.v1.ListNodesReply\x12L\n\x07\x43onnect\x12\x1a.jointstats.v1.NodeMessage\x1a!.jointstats.v1.CoordinatorMessage(\x01\x30\x01\x12\x41\n\x05Relay\x12\x19.jointstats.v1.RelayFrame\x1a\x19.jointstats.v1.RelayFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jointstats/v1/wire.proto\x12\rjointstats.v1\"4\n\rSubmitRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x1d\n\x0bSubmitReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\tNodeState\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8d\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\'\n\x05nodes\x18\x04 \x03(\x0b\x32\x18.jointstats.v1.NodeState\x12\x14\n\x0csubmitted_at\x18\x05 \x01(\x01\x12\x12\n\nupdated_at\x18\x06 \x01(\x01\"\x1f\n\x0bPlanRequest\x12\x10\n\x08job_json\x18\x01 \x01(\x0c\"2\n\tPlanReply\x12\x0f\n\x07parties\x18\x01 \x03(\t\x12\x14\n\x0c\x64\x61ta_parties\x18\x02 \x03(\t\"\x1f\n\rResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0bResultReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bresult_json\x18\x02 \x01(\x0c\"\x12\n\x10ListNodesRequest\"H\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\"8\n\x0eListNodesReply\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.jointstats.v1.NodeInfo\"\x9c\x01\n\x0bNodeMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.jointstats.v1.HelloH\x00\x12.\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1a.jointstats.v1.JobDecisionH\x00\x12.\n\x06report\x18\x03 \x01(\x0b\x32\x1c.jointstats.v1.SessionReportH\x00\x42\x06\n\x04kind\"\x19\n\x05Hello\x12\x10\n\x08\x64\x61tasets\x18\x01 \x03(\t\"o\n\x0bJobDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0emin_cell_floor\x18\x04 \x01(\x05\x12\x18\n\x10protection_floor\x18\x05 \x01(\x05\"f\n\rSessionReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bresult_json\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xa2\x01\n\x12\x43oordinatorMessage\x12(\n\x05offer\x18\x01 \x01(\x0b\x32\x17.jointstats.v1.JobOfferH\x00\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.jointstats.v1.SessionStartH\x00\x12,\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x1b.jointstats.v1.SessionAbortH\x00\x42\x06\n\x04kind\"f\n\x08JobOffer\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x0f\n\x07parties\x18\x03 \x03(\t\x12\x14\n\x0c\x64\x61ta_parties\x18\x04 \x03(\t\"\x7f\n\x0cSessionStart\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x03(\t\x12\x10\n\x08min_cell\x18\x04 \x01(\x05\x12\x14\n\x0c\x64\x61ta_parties\x18\x05 \x03(\t\x12\x12\n\nprotection\x18\x06 \x01(\x05\".\n\x0cSessionAbort\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\nRelayFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_pid\x18\x02 \x01(\x05\x12\x0e\n\x06to_pid\x18\x03 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x32\xf9\x03\n\x0b\x43oordinator\x12\x42\n\x06Submit\x12\x1c.jointstats.v1.SubmitRequest\x1a\x1a.jointstats.v1.SubmitReply\x12\x43\n\tGetStatus\x12\x1c.jointstats.v1.StatusRequest\x1a\x18.jointstats.v1.JobStatus\x12\x45\n\tGetResult\x12\x1c.jointstats.v1.ResultRequest\x1a\x1a.jointstats.v1.ResultReply\x12K\n\tListNodes\x12\x1f.jointstats.v1.ListNodesRequest\x1a\x1d.jointstats.v1.ListNodesReply\x12<\n\x04Plan\x12\x1a.jointstats.v1.PlanRequest\x1a\x18.jointstats.v1.PlanReply\x12L\n\x07\x43onnect\x12\x1a.jointstats.v1.NodeMessage\x1a!.jointstats.v1.CoordinatorMessage(\x01\x30\x01\x12\x41\n\x05Relay\x12\x19.jointstats.v1.RelayFrame\x1a\x19.jointstats.v1.RelayFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,34 +41,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESTATE']._serialized_end=217
   _globals['_JOBSTATUS']._serialized_start=220
   _globals['_JOBSTATUS']._serialized_end=361
-  _globals['_RESULTREQUEST']._serialized_start=363
-  _globals['_RESULTREQUEST']._serialized_end=394
-  _globals['_RESULTREPLY']._serialized_start=396
-  _globals['_RESULTREPLY']._serialized_end=446
-  _globals['_LISTNODESREQUEST']._serialized_start=448
-  _globals['_LISTNODESREQUEST']._serialized_end=466
-  _globals['_NODEINFO']._serialized_start=468
-  _globals['_NODEINFO']._serialized_end=540
-  _globals['_LISTNODESREPLY']._serialized_start=542
-  _globals['_LISTNODESREPLY']._serialized_end=598
-  _globals['_NODEMESSAGE']._serialized_start=601
-  _globals['_NODEMESSAGE']._serialized_end=757
-  _globals['_HELLO']._serialized_start=759
-  _globals['_HELLO']._serialized_end=784
-  _globals['_JOBDECISION']._serialized_start=786
-  _globals['_JOBDECISION']._serialized_end=871
-  _globals['_SESSIONREPORT']._serialized_start=873
-  _globals['_SESSIONREPORT']._serialized_end=956
-  _globals['_COORDINATORMESSAGE']._serialized_start=959
-  _globals['_COORDINATORMESSAGE']._serialized_end=1121
-  _globals['_JOBOFFER']._serialized_start=1123
-  _globals['_JOBOFFER']._serialized_end=1225
-  _globals['_SESSIONSTART']._serialized_start=1227
-  _globals['_SESSIONSTART']._serialized_end=1334
-  _globals['_SESSIONABORT']._serialized_start=1336
-  _globals['_SESSIONABORT']._serialized_end=1382
-  _globals['_RELAYFRAME']._serialized_start=1384
-  _globals['_RELAYFRAME']._serialized_end=1479
-  _globals['_COORDINATOR']._serialized_start=1482
-  _globals['_COORDINATOR']._serialized_end=1925
+  _globals['_PLANREQUEST']._serialized_start=363
+  _globals['_PLANREQUEST']._serialized_end=394
+  _globals['_PLANREPLY']._serialized_start=396
+  _globals['_PLANREPLY']._serialized_end=446
+  _globals['_RESULTREQUEST']._serialized_start=448
+  _globals['_RESULTREQUEST']._serialized_end=479
+  _globals['_RESULTREPLY']._serialized_start=481
+  _globals['_RESULTREPLY']._serialized_end=531
+  _globals['_LISTNODESREQUEST']._serialized_start=533
+  _globals['_LISTNODESREQUEST']._serialized_end=551
+  _globals['_NODEINFO']._serialized_start=553
+  _globals['_NODEINFO']._serialized_end=625
+  _globals['_LISTNODESREPLY']._serialized_start=627
+  _globals['_LISTNODESREPLY']._serialized_end=683
+  _globals['_NODEMESSAGE']._serialized_start=686
+  _globals['_NODEMESSAGE']._serialized_end=842
+  _globals['_HELLO']._serialized_start=844
+  _globals['_HELLO']._serialized_end=869
+  _globals['_JOBDECISION']._serialized_start=871
+  _globals['_JOBDECISION']._serialized_end=982
+  _globals['_SESSIONREPORT']._serialized_start=984
+  _globals['_SESSIONREPORT']._serialized_end=1086
+  _globals['_COORDINATORMESSAGE']._serialized_start=1089
+  _globals['_COORDINATORMESSAGE']._serialized_end=1251
+  _globals['_JOBOFFER']._serialized_start=1253
+  _globals['_JOBOFFER']._serialized_end=1355
+  _globals['_SESSIONSTART']._serialized_start=1357
+  _globals['_SESSIONSTART']._serialized_end=1484
+  _globals['_SESSIONABORT']._serialized_start=1486
+  _globals['_SESSIONABORT']._serialized_end=1532
+  _globals['_RELAYFRAME']._serialized_start=1534
+  _globals['_RELAYFRAME']._serialized_end=1629
+  _globals['_COORDINATOR']._serialized_start=1632
+  _globals['_COORDINATOR']._serialized_end=2137
 # @@protoc_insertion_point(module_scope)

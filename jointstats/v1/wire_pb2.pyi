@@ -52,6 +52,20 @@ class JobStatus(_message.Message):
     updated_at: float
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., submitted_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
 
+class PlanRequest(_message.Message):
+    __slots__ = ("job_json",)
+    JOB_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_json: bytes
+    def __init__(self, job_json: _Optional[bytes] = ...) -> None: ...
+
+class PlanReply(_message.Message):
+    __slots__ = ("parties", "data_parties")
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    DATA_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    parties: _containers.RepeatedScalarFieldContainer[str]
+    data_parties: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, parties: _Optional[_Iterable[str]] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ResultRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -105,28 +119,32 @@ class Hello(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobDecision(_message.Message):
-    __slots__ = ("job_id", "accept", "reason", "min_cell_floor")
+    __slots__ = ("job_id", "accept", "reason", "min_cell_floor", "protection_floor")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MIN_CELL_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    PROTECTION_FLOOR_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     accept: bool
     reason: str
     min_cell_floor: int
-    def __init__(self, job_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., min_cell_floor: _Optional[int] = ...) -> None: ...
+    protection_floor: int
+    def __init__(self, job_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., min_cell_floor: _Optional[int] = ..., protection_floor: _Optional[int] = ...) -> None: ...
 
 class SessionReport(_message.Message):
-    __slots__ = ("job_id", "state", "reason", "result_json")
+    __slots__ = ("job_id", "state", "reason", "result_json", "signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     reason: str
     result_json: bytes
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., result_json: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., result_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("offer", "start", "abort")
@@ -153,18 +171,20 @@ class JobOffer(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., envelope: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., parties: _Optional[_Iterable[str]] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionStart(_message.Message):
-    __slots__ = ("job_id", "session_id", "parties", "min_cell", "data_parties")
+    __slots__ = ("job_id", "session_id", "parties", "min_cell", "data_parties", "protection")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
     MIN_CELL_FIELD_NUMBER: _ClassVar[int]
     DATA_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    PROTECTION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     session_id: str
     parties: _containers.RepeatedScalarFieldContainer[str]
     min_cell: int
     data_parties: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., session_id: _Optional[str] = ..., parties: _Optional[_Iterable[str]] = ..., min_cell: _Optional[int] = ..., data_parties: _Optional[_Iterable[str]] = ...) -> None: ...
+    protection: int
+    def __init__(self, job_id: _Optional[str] = ..., session_id: _Optional[str] = ..., parties: _Optional[_Iterable[str]] = ..., min_cell: _Optional[int] = ..., data_parties: _Optional[_Iterable[str]] = ..., protection: _Optional[int] = ...) -> None: ...
 
 class SessionAbort(_message.Message):
     __slots__ = ("job_id", "reason")

@@ -54,6 +54,11 @@ class CoordinatorStub:
                 request_serializer=jointstats_dot_v1_dot_wire__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=jointstats_dot_v1_dot_wire__pb2.ListNodesReply.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/jointstats.v1.Coordinator/Plan',
+                request_serializer=jointstats_dot_v1_dot_wire__pb2.PlanRequest.SerializeToString,
+                response_deserializer=jointstats_dot_v1_dot_wire__pb2.PlanReply.FromString,
+                _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/jointstats.v1.Coordinator/Connect',
                 request_serializer=jointstats_dot_v1_dot_wire__pb2.NodeMessage.SerializeToString,
@@ -90,6 +95,13 @@ class CoordinatorServicer:
 
     def ListNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Plan(self, request, context):
+        """The parties the coordinator would run a job with; the analyst signs them with the job.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,6 +143,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=jointstats_dot_v1_dot_wire__pb2.ListNodesRequest.FromString,
                     response_serializer=jointstats_dot_v1_dot_wire__pb2.ListNodesReply.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=jointstats_dot_v1_dot_wire__pb2.PlanRequest.FromString,
+                    response_serializer=jointstats_dot_v1_dot_wire__pb2.PlanReply.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
@@ -251,6 +268,33 @@ class Coordinator:
             '/jointstats.v1.Coordinator/ListNodes',
             jointstats_dot_v1_dot_wire__pb2.ListNodesRequest.SerializeToString,
             jointstats_dot_v1_dot_wire__pb2.ListNodesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jointstats.v1.Coordinator/Plan',
+            jointstats_dot_v1_dot_wire__pb2.PlanRequest.SerializeToString,
+            jointstats_dot_v1_dot_wire__pb2.PlanReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,12 +8,20 @@ from typing import Any
 
 from jointstats.errors import JobError
 from jointstats.protocols.base import FederationView, Plan
-from jointstats.protocols.crosstab import MAX_CELLS, OTHER, _parse_domains, _require, _string_list
+from jointstats.protocols.crosstab import (
+    MAX_CELLS,
+    OTHER,
+    TOTAL,
+    _parse_domains,
+    _require,
+    _string_list,
+)
+from jointstats.protocols.release import Disclosure, parse_disclosure
 
 KIND = "linked_crosstab"
 FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure"}
 SIDE_FIELDS = {"node", "dataset", "key", "by", "normalize", "duplicates", "weight"}
-DISCLOSURE_FIELDS = {"min_cell", "release_zeros"}
+VERSION = 2  # bumped when the session's messages or the release rule change
 NORMALIZATIONS = ("nfkc", "casefold", "strip")  # always applied in this order
 DUPLICATE_POLICIES = ("error", "first")
 MAX_SIDE_CELLS = 1_000  # width of a side's one-hot encoding (memory: records x width x 8 bytes)
@@ -43,8 +51,15 @@ class LinkedJob:
     right: Side
     domains: dict[str, tuple[str, ...]]
     other: bool = False
-    min_cell: int = 5
-    release_zeros: bool = False
+    disclosure: Disclosure = Disclosure()
+
+    @property
+    def min_cell(self) -> int:
+        return self.disclosure.min_cell
+
+    @property
+    def release_zeros(self) -> bool:
+        return self.disclosure.release_zeros
 
     def cell_domains(self, side: Side) -> list[tuple[str, ...]]:
         """Per `by` column of a side, its categories as the table shows them."""
@@ -93,24 +108,6 @@ def _parse_side(doc: dict[str, Any], name: str) -> Side:
     return Side(table["node"], table["dataset"], table["key"], by, normalized, duplicates, weight)
 
 
-def _parse_disclosure(doc: dict[str, Any]) -> tuple[int, bool]:
-    table = doc.get("disclosure", {})
-    _require(isinstance(table, dict), "[disclosure] must be a table")
-    unknown = set(table) - DISCLOSURE_FIELDS
-    _require(
-        not unknown,
-        f"field(s) in [disclosure] not supported for {KIND}: {', '.join(sorted(unknown))}",
-    )
-    min_cell = table.get("min_cell", 5)
-    _require(
-        isinstance(min_cell, int) and not isinstance(min_cell, bool) and min_cell >= 1,
-        "`min_cell` must be a whole number >= 1",
-    )
-    release_zeros = table.get("release_zeros", False)
-    _require(isinstance(release_zeros, bool), "`release_zeros` must be true or false")
-    return min_cell, release_zeros
-
-
 def parse(doc: dict[str, Any]) -> LinkedJob:
     unknown = set(doc) - FIELDS
     _require(not unknown, f"unknown field(s) in {KIND} job: {', '.join(sorted(unknown))}")
@@ -124,8 +121,16 @@ def parse(doc: dict[str, Any]) -> LinkedJob:
         "the table needs distinct column names",
     )
     domains, other = _parse_domains(doc, left.by + right.by)
-    min_cell, release_zeros = _parse_disclosure(doc)
-    job = LinkedJob(helper, left, right, domains, other, min_cell, release_zeros)
+    disclosure = parse_disclosure(doc)
+    _require(
+        not (disclosure.epsilon and (left.weight or right.weight)),
+        "`epsilon` with a survey `weight` is not supported yet",
+    )
+    _require(
+        not disclosure.margins or all(TOTAL not in domains[c] for c in left.by + right.by),
+        f"with `margins`, no domain may contain {TOTAL!r}",
+    )
+    job = LinkedJob(helper, left, right, domains, other, disclosure)
     for name, side in (("left", left), ("right", right)):
         _require(
             job.width(side) <= MAX_SIDE_CELLS,

@@ -23,10 +23,13 @@ from typing import Any
 import numpy as np
 
 from jointstats.errors import PeerError
+from jointstats.protocols import disclosure
 from jointstats.protocols.base import SessionContext
+from jointstats.protocols.crosstab import TOTAL
 from jointstats.protocols.linked import wire
 from jointstats.protocols.linked.job import KIND, LinkedJob
 from jointstats.protocols.linked.records import MAX_RECORDS, WEIGHT_SCALE, Records
+from jointstats.protocols.release import Release, entry_indices, release
 
 SECINT_BITS = 64  # its field (~2^96) holds T + r < 2^64 exactly
 MASK_BITS = 63  # r < 2^63 hides T <= n with statistical distance n / 2^63
@@ -180,16 +183,17 @@ def zero_share(me: str, seeds: dict[str, bytes], shape: tuple[int, int]) -> np.n
 
 async def disclose(
     job: LinkedJob, ctx: SessionContext, roles: Roles, n: int, partial: np.ndarray
-) -> tuple[list[bool], list[int | None], list[int | None]]:
+) -> tuple[Release, list[int | None]]:
     """Open what disclosure control allows of T = sum of the three partials mod 2^64.
 
     `partial` is already re-randomized with a zero sharing, so the three are a uniform additive
     sharing of T. Counts: A sends its share to B, H sends its share plus a random r < 2^63 to
     B, so B holds T + r exactly (no wrap-around, T <= n); B inputs T + r and H inputs r into
-    MPyC, which compares T - r... with k using only as many bits as max(n, k) needs, opens the
-    flags, then the released counts. Weighted sums (up to 2^62, too wide to mask that way)
-    are opened for released cells only, each party broadcasting its (uniform) share.
-    Returns per cell (row-major, left by right): suppressed, count, weighted sum.
+    MPyC, which subtracts, adds DP noise when asked, and hands the counts to the common release
+    step (protocols.release: margins, primary and secondary suppression with n as a public
+    grand total, the LP audit). Weighted sums (up to 2^62, too wide to mask that way) are
+    opened for released entries only, each party broadcasting its (uniform) share.
+    Returns the release and, per entry, the weighted sum (None when suppressed or unweighted).
     """
     mpc, channel = ctx.runtime, ctx.channel
     w_b = job.width(job.right)
@@ -209,59 +213,72 @@ async def disclose(
     secint = mpc.SecInt(SECINT_BITS)
     masked, masks = mpc.input([secint(int(x)) for x in mine], senders=[roles.b, roles.h])
     counts = [t - r for t, r in zip(masked, masks, strict=True)]
-    bits = max(n, ctx.min_cell).bit_length() + 2  # |T - k| < 2^(bits - 1)
-    released = [1 - mpc.sgn(c - ctx.min_cell, l=bits, LT=True) for c in counts]
-    if job.release_zeros:
-        released = [r + mpc.sgn(c, l=bits, EQ=True) for r, c in zip(released, counts, strict=True)]
-    flags = [bool(f) for f in await mpc.output(released)]
-    open_idx = [k for k, f in enumerate(flags) if f]
-    opened = [int(x) for x in await mpc.output([counts[k] for k in open_idx])] if open_idx else []
-    count_of = dict(zip(open_idx, opened, strict=True))
-    sum_of: dict[int, int] = {}
-    if job.weighted and open_idx:
-        share = np.ascontiguousarray(partial[:, w_b:]).reshape(-1, 1)[open_idx]
+    bound = n
+    if job.disclosure.epsilon:
+        noise = disclosure.discrete_laplace_noise(mpc, secint, cells, job.disclosure.epsilon)
+        counts = [c + z for c, z in zip(counts, noise, strict=True)]
+        bound += cells * disclosure.noise_bound(job.disclosure.epsilon)
+    bits = max(bound, ctx.min_cell).bit_length() + 2  # |entry - k| < 2^(bits - 1)
+    shape = (job.width(job.left), w_b) if job.disclosure.margins else (cells,)
+    outcome = await release(mpc, {"count": counts}, shape, ctx.disclosure, n, bits)
+    sums: list[int | None] = [None] * len(outcome.suppressed)
+    shown = [i for i, hidden in enumerate(outcome.suppressed) if not hidden]
+    if job.weighted and shown:
+        weights = np.ascontiguousarray(partial[:, w_b:]).reshape(-1)
+        index = entry_indices(shape, job.disclosure.margins)
+        share = np.array([[weights[index[i]].sum()] for i in shown], dtype=np.uint64)
         others = [p for p in (roles.a, roles.b, roles.h) if p != ctx.pid]
         for peer in others:
             await wire.send_array(channel, peer, share)
         for peer in others:
-            share = share + await _recv_exact(ctx, peer, 1, len(open_idx))
-        sum_of = dict(zip(open_idx, (int(x) for x in share[:, 0]), strict=True))
-    return (
-        [not f for f in flags],
-        [count_of.get(k) for k in range(cells)],
-        [sum_of.get(k) for k in range(cells)],
-    )
+            share = share + await _recv_exact(ctx, peer, 1, len(shown))
+        for j, i in enumerate(shown):
+            sums[i] = int(share[j, 0])
+    return outcome, sums
+
+
+def _labels(job: LinkedJob) -> list[tuple[str, ...]]:
+    """Labels of the released lines in release order: cells, then with margins the left
+    totals, the right totals and the grand total."""
+    left = list(itertools.product(*job.cell_domains(job.left)))
+    right = list(itertools.product(*job.cell_domains(job.right)))
+    labels = [(*a, *b) for a in left for b in right]
+    if not job.disclosure.margins:
+        return labels
+    left_total, right_total = (TOTAL,) * len(job.left.by), (TOTAL,) * len(job.right.by)
+    labels += [(*a, *right_total) for a in left] + [(*left_total, *b) for b in right]
+    return [*labels, (*left_total, *right_total)]
 
 
 def result(
     job: LinkedJob,
     ctx: SessionContext,
     n: int,
-    suppressed: list[bool],
-    counts: list[int | None],
+    outcome: Release,
     sums: list[int | None],
 ) -> dict[str, Any]:
     columns = [*job.left.by, *job.right.by, "count"]
     columns += ["weighted_count"] if job.weighted else []
-    labels = itertools.product(*job.cell_domains(job.left), *job.cell_domains(job.right))
     rows = []
-    for cell, names in enumerate(labels):
-        row: list[Any] = [*names, counts[cell]]
+    for labels, values, total in zip(_labels(job), outcome.values, sums, strict=True):
+        row: list[Any] = [*labels, None if values is None else values["count"]]
         if job.weighted:
-            total = sums[cell]
             row.append(None if total is None else round(total / WEIGHT_SCALE, 6))
-        rows.append([*row, suppressed[cell]])
+        rows.append([*row, values is None])
     metadata = {
         "kind": KIND,
         "inputs": [job.left.node, job.right.node],
         "helper": job.helper,
         "parties": list(ctx.parties),
-        "disclosure": {"min_cell": ctx.min_cell, "release_zeros": job.release_zeros},
-        "epsilon_spent": 0.0,
+        "disclosure": dict(ctx.disclosure),
+        "epsilon_spent": job.disclosure.epsilon,
         "cells": job.n_cells,
-        "suppressed_cells": sum(suppressed),
-        # the cells add up to n: with any cell suppressed, n would give it back
-        "matched": n if n >= ctx.min_cell and not any(suppressed) else None,
+        "suppressed_cells": sum(outcome.suppressed[: job.n_cells]),
+        "secondary_suppressed": outcome.secondary_cells,
+        "narrowest_interval": outcome.narrowest_interval,
+        # n is known to all three parties and to the coordinator (message sizes): it is
+        # released, and the suppression audit treats it as a public grand total
+        "matched": n,
         "timings": dict(ctx.timings),
     }
     return {"columns": [*columns, "suppressed"], "rows": rows, "metadata": metadata}
@@ -280,8 +297,8 @@ async def run(job: LinkedJob, ctx: SessionContext, records: Records | None) -> d
         partial += zero_share(roles.me, shared.seeds, partial.shape)
         del shared
     with phase(ctx, "disclose"):
-        suppressed, counts, sums = await disclose(job, ctx, roles, n, partial)
+        outcome, sums = await disclose(job, ctx, roles, n, partial)
     started = time.perf_counter()
-    doc = result(job, ctx, n, suppressed, counts, sums)
+    doc = result(job, ctx, n, outcome, sums)
     doc["metadata"]["timings"]["release"] = round(time.perf_counter() - started, 4)
     return doc

@@ -14,7 +14,7 @@ import pytest
 
 from jointstats.errors import JobError, JobFailed
 from jointstats.local import LocalFederation, LocalNode
-from tests.plaintext import expected_crosstab
+from tests.plaintext import assert_protected_release, attacker_widths, expected_crosstab
 
 DISTRICTS = ["d1", "d2", "d3", "d4"]
 SEXES = ["f", "m"]
@@ -112,13 +112,14 @@ def _expected(merged: pd.DataFrame, min_cell: int = 5) -> pd.DataFrame:
     return expected_crosstab(merged, by, JOB["domains"], min_cell=min_cell)
 
 
-def _check(result, expected: pd.DataFrame) -> None:
+def _check(result, expected: pd.DataFrame, min_cell: int = 5) -> None:
+    """Released cells exact, small cells suppressed, and n (public) pins no suppressed cell."""
     table = result.table
-    assert list(table.columns[:3]) == ["district", "sex", "employment"]
-    assert list(table["suppressed"]) == list(expected["suppressed"])
-    released = ~expected["suppressed"]
-    assert list(table.loc[released, "count"]) == list(expected.loc[released, "count"])
-    assert table.loc[~released, "count"].isna().all()
+    by = ["district", "sex", "employment"]
+    assert list(table.columns[:3]) == by
+    assert result.metadata["matched"] == int(expected["count"].sum())
+    assert_protected_release(table, expected, by, min_cell, total=result.metadata["matched"])
+    assert table.loc[table["suppressed"], "count"].isna().all()
 
 
 def _read(files: dict[str, Path], name: str) -> pd.DataFrame:
@@ -133,10 +134,11 @@ def test_released_cells_equal_a_plaintext_join(federation, files):
     _check(result, expected)
     meta = result.metadata
     assert len(merged) == 800
-    assert meta["matched"] is None  # withheld: with a suppressed cell it would give it back
+    assert meta["matched"] == 800  # public: every party knows n
     assert meta["parties"] == ["ministry", "survey", "jips"] and meta["helper"] == "jips"
     assert meta["disclosure"]["min_cell"] == 5
-    assert meta["suppressed_cells"] == int(expected["suppressed"].sum())
+    assert meta["suppressed_cells"] == int(result.table["suppressed"].sum())
+    assert meta["narrowest_interval"] >= 4
     phases = {"normalize", "tag", "match", "share", "product", "disclose", "release"}
     assert phases <= set(meta["timings_by_node"]["ministry"])
     assert "weighted_count" not in result.table
@@ -158,13 +160,14 @@ def test_weighted_counts_equal_pandas(federation, files):
     assert result.table.loc[result.table["suppressed"], "weighted_count"].isna().all()
 
 
-def test_duplicates_fail_with_a_count_never_a_value(federation, files):
+def test_duplicates_fail_without_a_count_or_a_value(federation, files):
     job = copy.deepcopy(JOB)
     job["left"]["dataset"] = "registry_dups"
     with pytest.raises(JobFailed) as failure:
         federation.client.run(job, timeout=120)
     message = str(failure.value)
-    assert f"{DUPLICATES} records repeat the key" in message
+    assert "national_id: records repeat the key" in message
+    assert str(DUPLICATES) not in message.split("registry_dups")[-1]
     assert "ID0" not in message and "national_id" in message
 
 
@@ -197,12 +200,31 @@ def test_keys_link_after_normalization_only_when_asked(federation, files):
     )  # messy ids missed unless normalized
 
 
-def test_matched_count_is_suppressed_below_the_threshold(federation):
+def test_a_table_that_n_alone_would_narrow_is_refused(federation):
+    """n = 800 is public: with min_cell 801 no pattern can keep every cell's range that wide."""
     job = copy.deepcopy(JOB)
     job["disclosure"]["min_cell"] = 801
+    with pytest.raises(JobFailed, match="no suppression pattern protects this table"):
+        federation.client.run(job, timeout=120)
+
+
+def test_one_suppressed_cell_is_not_given_back_by_n(federation, files):
+    """The attack: with n public, one suppressed cell is n minus the released cells. A
+    threshold that suppresses exactly one cell must bring secondary suppression."""
+    merged = _linked(_read(files, "idp_registry"), _read(files, "household_survey"))
+    counts = _expected(merged, 1)["count"].sort_values()
+    threshold = int(counts[counts > 0].iloc[0]) + 1  # suppresses the zeros and the smallest
+    job = copy.deepcopy(JOB)
+    job["disclosure"] = {"min_cell": threshold, "release_zeros": True}
     result = federation.client.run(job, timeout=120)
-    assert result.metadata["matched"] is None
-    assert result.table["suppressed"].all()
+    expected = _expected(merged, threshold)
+    expected["suppressed"] &= expected["count"] != 0
+    primary = int(expected["suppressed"].sum())
+    assert 1 <= primary <= 2  # the attack: n minus the released cells gives their sum
+    assert int(result.table["suppressed"].sum()) > primary
+    by = ["district", "sex", "employment"]
+    assert min(attacker_widths(result.table, by, total=800)) >= threshold - 1
+    assert_protected_release(result.table, expected, by, threshold, total=800)
 
 
 def test_release_zeros_and_other(federation, files):
@@ -216,9 +238,10 @@ def test_release_zeros_and_other(federation, files):
     domains["employment"] = [*EMPLOYMENT, "other"]
     expected = expected_crosstab(merged, ["district", "sex", "employment"], domains, 5)
     expected["suppressed"] &= expected["count"] != 0
-    assert list(result.table["suppressed"]) == list(expected["suppressed"])
-    shown = ~expected["suppressed"]
-    assert list(result.table.loc[shown, "count"]) == list(expected.loc[shown, "count"])
+    by = ["district", "sex", "employment"]
+    assert_protected_release(result.table, expected, by, 5, total=result.metadata["matched"])
+    zeros = expected["count"] == 0
+    assert (~result.table.loc[zeros, "suppressed"]).all()  # a released zero is never a complement
 
 
 @pytest.mark.parametrize(
