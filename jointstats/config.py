@@ -20,6 +20,7 @@ NODE_KEYS = {
 }  # fmt: skip
 POLICY_KEYS = {
     "min_cell", "kinds", "max_cells", "max_rows", "partners", "analysts", "budgets",
+    "require_epsilon", "require_epsilon_datasets", "pool_with",
 }  # fmt: skip
 
 
@@ -84,6 +85,11 @@ class Policy:
     # analyst signing-key fingerprint -> dataset (or "*") -> allowed columns (or ["*"])
     analysts: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     budgets: dict[str, float] = field(default_factory=dict)  # epsilon per dataset
+    # Against differencing (docs/operator.md, "Policy"): jobs on this node's data (every
+    # dataset, or the listed ones) must carry epsilon; pooled jobs must have exactly these inputs.
+    require_epsilon: bool = False
+    require_epsilon_datasets: tuple[str, ...] = ()
+    pool_with: tuple[str, ...] = ()  # empty = any input set
 
     def allows_partner(self, node: str) -> bool:
         return "*" in self.partners or node in self.partners
@@ -106,6 +112,15 @@ class Policy:
             raise ConfigError(
                 f"{source}: [budgets] maps dataset names to epsilon numbers"
             ) from None
+        require_epsilon = doc.get("require_epsilon", False)
+        if not isinstance(require_epsilon, bool):
+            raise ConfigError(f"{source}: policy require_epsilon must be true or false")
+        names: dict[str, tuple[str, ...]] = {}
+        for key in ("require_epsilon_datasets", "pool_with"):
+            value = doc.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: policy {key} must be a list of names")
+            names[key] = tuple(value)
         return cls(
             min_cell=min_cell,
             kinds=tuple(doc.get("kinds", cls.kinds)),
@@ -114,6 +129,9 @@ class Policy:
             partners=tuple(doc.get("partners", cls.partners)),
             analysts=analysts,
             budgets=budgets,
+            require_epsilon=require_epsilon,
+            require_epsilon_datasets=names["require_epsilon_datasets"],
+            pool_with=names["pool_with"],
         )
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Order: signature and expiry (roster), replay, job validity, then the node's policy: analyst,
 kind, partners, datasets and columns, table size, min_cell floor (applied at session start),
-differential-privacy budget (charged here, before any computation).
+differencing rules (require_epsilon, pool_with), differential-privacy budget (charged here,
+before any computation; refunded by the server when the session never starts).
 """
 
 from __future__ import annotations
@@ -87,6 +88,31 @@ def _check_session(
         raise RefusedError(f"{', '.join(unnamed)} would join without data but is not compute-only")
 
 
+def _check_differencing(
+    policy: Policy, node: str, kind: str, offer: Offer, columns: dict, epsilon: float
+) -> None:
+    """Two jobs that differ only in their inputs (or filters, columns) give the difference
+    of their exact tables: a node that wants more than per-table suppression requires
+    differential privacy on its data, or pools only with a fixed set of inputs."""
+    if not columns:  # no data of this node in the job
+        return
+    if not epsilon:
+        required = list(columns) if policy.require_epsilon else []
+        required += [
+            d for d in columns if d in policy.require_epsilon_datasets and d not in required
+        ]
+        if required:
+            raise RefusedError(
+                f"node {node} requires `epsilon` in [disclosure] for jobs on dataset(s) "
+                f"{', '.join(required)} (policy require_epsilon)"
+            )
+    if policy.pool_with and kind == "crosstab" and set(offer.data_parties) != set(policy.pool_with):
+        raise RefusedError(
+            f"node {node} pools data only with exactly {', '.join(sorted(policy.pool_with))} "
+            "(policy pool_with)"
+        )
+
+
 def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -> Decision:
     """Check an offered job; charge its epsilon when accepted."""
     try:
@@ -109,6 +135,7 @@ def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -
                 f"the table has {cells} cells; this node allows {config.policy.max_cells}"
             )
         epsilon = float(envelope.job.get("disclosure", {}).get("epsilon") or 0.0)
+        _check_differencing(config.policy, config.name, protocol.kind, offer, columns, epsilon)
         if epsilon and columns:
             try:
                 state.charge(

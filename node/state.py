@@ -1,5 +1,6 @@
-"""A node's persistent state (SQLite in its state_dir): jobs seen (replay protection) and the
-differential-privacy budget ledger."""
+"""A node's persistent state (SQLite in its state_dir): jobs seen (replay protection), the
+differential-privacy budget ledger and the jobs whose session started (a charge is refunded
+only for a job whose session never started: nothing of its data was computed on)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS seen (job_id TEXT PRIMARY KEY, nonce TEXT UNIQUE, at REAL)",
     "CREATE TABLE IF NOT EXISTS ledger (job_id TEXT, dataset TEXT, epsilon REAL, at REAL, "
     "PRIMARY KEY (job_id, dataset))",
+    "CREATE TABLE IF NOT EXISTS started (job_id TEXT PRIMARY KEY, at REAL)",
 )
 
 
@@ -59,6 +61,32 @@ class NodeState:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def mark_started(self, job_id: str) -> None:
+        """Record that the job's session started: its charges are never refunded after this."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO started VALUES (?, ?)", (job_id, time.time()))
+
+    def refund(self, job_id: str) -> dict[str, float]:
+        """Remove the charges of a job whose session never started; returns what was refunded
+        (dataset -> epsilon), empty when nothing was charged, it was refunded before, or the
+        session started. Idempotent."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute("SELECT 1 FROM started WHERE job_id = ?", (job_id,)).fetchone():
+                    refunded: dict[str, float] = {}
+                else:
+                    rows = self._db.execute(
+                        "SELECT dataset, epsilon FROM ledger WHERE job_id = ?", (job_id,)
+                    ).fetchall()
+                    refunded = {str(dataset): float(epsilon) for dataset, epsilon in rows}
+                    self._db.execute("DELETE FROM ledger WHERE job_id = ?", (job_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return refunded
 
     def close(self) -> None:
         self._db.close()

@@ -1,7 +1,8 @@
 """Local step of a data holder: clean keys, resolve duplicates, encode cells, shuffle.
 
 Everything is vectorized (Arrow compute, numpy) except casefolding of non-ASCII keys. Error
-messages name datasets, columns and counts, never values.
+messages name datasets, columns and the problem, never values and never counts (a count is this
+node's exact, unsuppressed figure); the counts go to the node's own log at WARNING.
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ def _cells(job: LinkedJob, side: Side, table: pa.Table, dataset: str) -> np.ndar
                 pa.scalar(None, index.type),
             )
         if index.null_count:
-            problems.append(f"column {column}: {index.null_count} values outside the domain")
+            log.warning(
+                "dataset %s, column %s: %d values outside the domain",
+                dataset, column, index.null_count,
+            )  # fmt: skip
+            problems.append(f"column {column}: values outside the domain")
         index = pc.fill_null(index, 0).to_numpy(zero_copy_only=False).astype(np.int64)
         cells = cells * len(domain) + index
     if problems:
@@ -107,8 +112,9 @@ def _weights(side: Side, table: pa.Table, dataset: str) -> np.ndarray:
         values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = int(np.count_nonzero(~(np.isfinite(values) & (values >= 0))))
     if bad:
+        log.warning("dataset %s, column %s: %d bad weights", dataset, side.weight, bad)
         raise DataError(
-            f"dataset {dataset}, column {side.weight}: {bad} weights are empty, not a number, "
+            f"dataset {dataset}, column {side.weight}: weights that are empty, not a number, "
             "negative or infinite"
         )
     scaled = np.rint(values * WEIGHT_SCALE)
@@ -133,9 +139,10 @@ def prepare(job: LinkedJob, side: Side, node: str, sources: dict[str, Any]) -> R
     firsts = _first_occurrences(keys)
     duplicates = len(keys) - len(firsts)
     if duplicates and side.duplicates == "error":
+        log.warning("dataset %s, key column %s: %d duplicates", dataset, side.key, duplicates)
         raise DataError(
-            f"dataset {dataset}, key column {side.key}: {duplicates} records repeat the key of "
-            f'an earlier record; remove them or set duplicates = "first" for this side'
+            f"dataset {dataset}, key column {side.key}: records repeat the key of an earlier "
+            'record; remove them or set duplicates = "first" for this side'
         )
     if duplicates:
         table, keys = table.take(pa.array(firsts)), keys.take(pa.array(firsts))

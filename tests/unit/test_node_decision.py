@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jointstats.config import NodeConfig, Policy
+from jointstats.errors import ConfigError
 from jointstats.keys import Identity, Roster, new_member
 from jointstats.node.policy import Offer, decide
 from jointstats.node.state import NodeState
@@ -154,3 +157,129 @@ def test_garbage_offers_from_a_coordinator_are_refused_never_raised(
         config, roster, state, Offer(SignedJob(envelope, signature), parties, parties)
     )
     assert not decision.accept and decision.reason and "\n" not in decision.reason
+
+
+def _with_policy(config: NodeConfig, **changes) -> NodeConfig:
+    return dataclasses.replace(config, policy=dataclasses.replace(config.policy, **changes))
+
+
+def test_require_epsilon_refuses_exact_jobs_on_this_nodes_data(world) -> None:
+    config, roster, state, alice, _ = world
+    noisy = copy.deepcopy(JOB)
+    noisy["disclosure"]["epsilon"] = 0.1
+    for strict in (
+        _with_policy(config, require_epsilon=True),
+        _with_policy(config, require_epsilon_datasets=("households",)),
+    ):
+        refused = decide(strict, roster, state, _offer(sign_job(JOB, alice)))
+        assert not refused.accept
+        assert "node unhcr requires `epsilon`" in refused.reason, refused.reason
+        assert "households" in refused.reason
+        assert decide(strict, roster, state, _offer(sign_job(noisy, alice))).accept
+    other = _with_policy(config, require_epsilon_datasets=("census",))
+    assert decide(other, roster, state, _offer(sign_job(JOB, alice))).accept
+    # a node without data in the job (compute-only here) has nothing to protect
+    job = {**JOB, "inputs": ["drc", "nrc"]}
+    compute = decide(
+        _with_policy(config, require_epsilon=True, partners=("*",)),
+        roster,
+        state,
+        Offer(
+            sign_job(job, alice, parties=["drc", "nrc", "unhcr"], inputs=["drc", "nrc"]),
+            ["drc", "nrc", "unhcr"],
+            ["drc", "nrc"],
+        ),
+    )
+    assert "requires `epsilon`" not in compute.reason
+
+
+def test_pool_with_refuses_other_input_sets(world) -> None:
+    config, roster, state, alice, _ = world
+    strict = _with_policy(config, pool_with=("nrc", "unhcr", "drc"))
+    assert decide(strict, roster, state, _offer(sign_job(JOB, alice))).accept  # any order
+    subset = {**JOB, "inputs": ["unhcr", "drc"]}
+    refused = decide(
+        strict,
+        roster,
+        state,
+        Offer(
+            sign_job(subset, alice, parties=["unhcr", "drc", "jips"], inputs=["unhcr", "drc"]),
+            ["unhcr", "drc", "jips"],
+            ["unhcr", "drc"],
+        ),
+    )
+    assert not refused.accept
+    assert "node unhcr pools data only with exactly drc, nrc, unhcr" in refused.reason
+
+
+def test_new_policy_keys_parse_and_are_checked(tmp_path: Path) -> None:
+    doc = {"require_epsilon": True, "require_epsilon_datasets": ["d"], "pool_with": ["a", "b"]}
+    policy = Policy.from_doc(doc, tmp_path / "node.toml")
+    assert (policy.require_epsilon, policy.require_epsilon_datasets) == (True, ("d",))
+    assert policy.pool_with == ("a", "b")
+    assert Policy().require_epsilon is False and Policy().pool_with == ()
+    for bad in ({"require_epsilon": "yes"}, {"pool_with": "a"}, {"require_epsilon_datasets": [1]}):
+        with pytest.raises(ConfigError):
+            Policy.from_doc(bad, tmp_path / "node.toml")
+
+
+def test_a_refund_returns_charges_of_jobs_that_never_started(world) -> None:
+    _, _, state, _, _ = world
+    budgets = {"households": 1.0, "census": 1.0}
+    state.charge("j1", {"households": 0.4, "census": 0.2}, budgets)
+    state.charge("j2", {"households": 0.5}, budgets)
+    state.mark_started("j2")
+    assert state.refund("j1") == {"households": pytest.approx(0.4), "census": pytest.approx(0.2)}
+    assert state.refund("j1") == {}  # idempotent
+    assert state.refund("j2") == {}  # its session started: data was computed on
+    assert state.refund("unknown") == {}
+    assert state.spent("households") == pytest.approx(0.5) and state.spent("census") == 0
+    state.mark_started("j2")  # idempotent too
+
+
+def _node(world, tmp_path: Path):
+    from jointstats.node.server import Node
+    from jointstats.v1 import wire_pb2
+
+    config, roster, state, alice, _ = world
+    state.close()
+    roster.save(config.roster)
+    return Node(config), alice, wire_pb2
+
+
+def _events(node) -> list[dict]:
+    lines = (node.config.state_dir / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_an_offer_refused_after_charging_and_an_abort_before_start_refund(
+    world, tmp_path: Path
+) -> None:
+    node, alice, wire_pb2 = _node(world, tmp_path)
+    job = copy.deepcopy(JOB)
+    job["disclosure"]["epsilon"] = 0.6
+    signed = sign_job(job, alice)
+
+    def offer(signed: SignedJob, job_id: str):
+        return wire_pb2.JobOffer(
+            job_id=job_id,
+            envelope=signed.envelope,
+            signature=signed.signature,
+            parties=PARTIES,
+            data_parties=PARTIES,
+        )
+
+    node._on_offer(offer(signed, "not-the-signed-id"))  # refused after decide charged it
+    assert node.state.spent("households") == 0
+    refunded = [e for e in _events(node) if e["event"] == "EPSILON_REFUNDED"]
+    assert refunded and refunded[0]["fields"]["epsilon_refunded"] == {"households": 0.6}
+
+    second = sign_job(job, alice)
+    job_id = json.loads(second.envelope)["job_id"]
+    node._on_offer(offer(second, job_id))
+    assert job_id in node.offers and node.state.spent("households") == pytest.approx(0.6)
+    node._on_abort(wire_pb2.SessionAbort(job_id=job_id, reason="another node refused"))
+    node._on_abort(wire_pb2.SessionAbort(job_id=job_id, reason="again"))
+    assert node.state.spent("households") == 0
+    assert [e["job_id"] for e in _events(node) if e["event"] == "EPSILON_REFUNDED"][1:] == [job_id]
+    node.state.close()
