@@ -240,7 +240,10 @@ def local(
     from jointstats.jobs import load_job_file
     from jointstats.local import LocalFederation, LocalNode, parse_node_option
     from jointstats.progress import follow_job, print_result
+    from jointstats.results import check_output_path
 
+    if out_file is not None:
+        check_output_path(out_file)
     doc = load_job_file(job)
     nodes: dict[str, LocalNode] = {}
     for option in node:

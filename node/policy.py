@@ -62,12 +62,14 @@ def _check_policy(
 
 
 def _check_session(
-    node: str, roster: Roster, protocol: JobProtocol, job: Any, offer: Offer
+    node: str, roster: Roster, protocol: JobProtocol, job: Any, offer: Offer, envelope: Envelope
 ) -> None:
-    """The coordinator chooses the session's parties: make sure it cannot stack them (one
-    member as several parties holds several shares), swap the inputs the analyst signed, or
-    bring in a non-input party the job does not name that is not a compute-only node."""
+    """The analyst signed the session's parties: the coordinator may not change them. Even a
+    signed list must not stack parties (one member as several parties holds several shares),
+    swap the inputs the job names, or bring in a non-input party that is not compute-only."""
     parties, inputs = offer.parties, offer.data_parties
+    if (tuple(parties), tuple(inputs)) != (envelope.parties, envelope.data_parties):
+        raise RefusedError("the session's parties differ from those the analyst signed")
     if node not in parties or len(parties) < 3:
         raise RefusedError("this node is not one of at least 3 parties of the session")
     if len(set(parties)) != len(parties) or len(set(inputs)) != len(inputs):
@@ -120,7 +122,7 @@ def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -
         if not state.first_sight(envelope.job_id, envelope.nonce):
             raise RefusedError("replayed job: its id or nonce was seen before")
         protocol, job = parse_job(envelope.job)
-        _check_session(config.name, roster, protocol, job, offer)
+        _check_session(config.name, roster, protocol, job, offer, envelope)
         columns = (
             protocol.columns_used(job, config.name) if config.name in offer.data_parties else {}
         )
@@ -146,3 +148,46 @@ def decide(config: NodeConfig, roster: Roster, state: NodeState, offer: Offer) -
     except JointstatsError as exc:
         return Decision(False, str(exc))
     return Decision(True, "", envelope, protocol, job, fingerprint, columns, epsilon)
+
+
+def check_session_start(
+    config: NodeConfig, decision: Decision, offer: Offer, start: SessionStartView
+) -> None:
+    """The coordinator's session start must match the accepted offer, and its effective
+    thresholds may only be at or above the signed job's and this node's floors. (Parties
+    then compare their whole session description before any share: jointstats.session.)"""
+    if (start.parties, start.data_parties) != (offer.parties, offer.data_parties):
+        raise RefusedError("the session's parties differ from the offer's")
+    signed = decision.protocol.disclosure(decision.job) if decision.protocol else None
+    floor = max(config.policy.min_cell, signed.min_cell if signed else 0)
+    if start.min_cell < floor:
+        raise RefusedError("threshold below the signed job's or this node's floor")
+    wanted = max(getattr(config.policy, "protection", 0), signed.protection if signed else 0)
+    if start.protection < wanted:
+        raise RefusedError("protection below the signed job's or this node's policy")
+
+
+@dataclass(frozen=True)
+class SessionStartView:
+    """The parts of a coordinator's session start that policy checks."""
+
+    parties: list[str]
+    data_parties: list[str]
+    min_cell: int
+    protection: int
+
+
+def check_release(config: NodeConfig, result: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Defence in depth: never report a table that shows a count below this node's own floor
+    or the session's threshold (a released zero only when the job asked for it)."""
+    floor = max(config.policy.min_cell, int(settings["min_cell"]))
+    position = result["columns"].index("count")
+    for row in result["rows"]:
+        count = row[position]
+        if row[-1] or count is None:
+            continue
+        if count < floor and not (count == 0 and settings.get("release_zeros")):
+            raise RefusedError(
+                f"node {config.name}: the session produced a released cell below this node's "
+                "threshold; the table is withheld"
+            )

@@ -191,6 +191,7 @@ class Node:
                 view,
             )
         except JointstatsError as exc:
+            self._refund(start.job_id, "session start refused: nothing was computed")
             self._fail_session(start.job_id, str(exc))
             return
         description = self._description(decision, start, hashlib.sha256(offer.envelope).hexdigest())

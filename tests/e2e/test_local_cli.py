@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -80,3 +81,38 @@ def test_local_failures_are_one_line_without_traceback(
     assert message in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_a_saved_json_result_verifies_offline_and_an_edit_is_caught(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "job.toml").write_text(JOB_TOML)
+    nodes = [f"--node={a}={data_dir / a / 'households.csv'}" for a in ("unhcr", "drc")]
+    run = _jointstats(
+        "local", "job.toml", *nodes, "--node", "jips", "--out", "out.json",
+        "--workdir", "state", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    roster = "--roster=state/roster.toml"
+    check = _jointstats("result", "verify", "out.json", roster, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert "verified, signed by drc, unhcr, jips" in check.stdout
+    saved = json.loads((tmp_path / "out.json").read_text())
+    rows = saved["signed"]["rows"]
+    first = next(r for r in rows if r[2] is not None)
+    first[2] += 1  # one count raised after the release
+    (tmp_path / "edited.json").write_text(json.dumps(saved))
+    edited = _jointstats("result", "verify", "edited.json", roster, cwd=tmp_path)
+    assert edited.returncode == 5
+    assert "does not match drc's signature" in edited.stderr
+    assert "Traceback" not in edited.stderr
+
+
+def test_an_unsupported_out_suffix_fails_before_any_work(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text(JOB_TOML)
+    run = _jointstats(
+        "local", "job.toml", f"--node=unhcr={data_dir / 'unhcr' / 'households.csv'}",
+        "--node", "drc", "--node", "jips", "--out", "table.xlsx", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2 and "use .csv, .json or .parquet" in run.stderr
+    assert not (tmp_path / "state").exists()

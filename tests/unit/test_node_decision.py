@@ -16,10 +16,22 @@ from jointstats.errors import ConfigError
 from jointstats.keys import Identity, Roster, new_member
 from jointstats.node.policy import Offer, decide
 from jointstats.node.state import NodeState
-from jointstats.signing import SignedJob, sign_job
+from jointstats.signing import DEFAULT_TTL_SECONDS, SignedJob
+from jointstats.signing import sign_job as sign_with_parties
 from tests.conftest import JOB
 
 PARTIES = ["unhcr", "drc", "nrc"]
+
+
+def sign_job(
+    job: dict,
+    identity: Identity,
+    ttl: float = DEFAULT_TTL_SECONDS,
+    parties: list[str] = PARTIES,
+    inputs: list[str] | None = None,
+) -> SignedJob:
+    """The analyst signs the job with the session's parties (inputs default to all)."""
+    return sign_with_parties(job, identity, parties, inputs or parties, ttl)
 
 
 @pytest.fixture
@@ -97,7 +109,11 @@ def test_policy_rules_refuse_with_the_rule_named(world) -> None:
         (sign_job(JOB, mallory), PARTIES, "analyst's key is not allowed"),
         (sign_job({**JOB, "sum": "income", "bounds": [0, 9]}, alice), PARTIES, "column(s) income"),
         (sign_job({**JOB, "dataset": "census"}, alice), PARTIES, "does not serve dataset"),
-        (sign_job(JOB, alice), ["unhcr", "drc", "wfp"], "does not compute with wfp"),
+        (
+            sign_job(JOB, alice, parties=["unhcr", "drc", "wfp"]),
+            ["unhcr", "drc", "wfp"],
+            "does not compute with wfp",
+        ),
     ]
     big = copy.deepcopy(JOB)
     big["domains"]["region"] = [f"r{i}" for i in range(10)]
@@ -130,15 +146,21 @@ def test_a_coordinator_cannot_stack_or_swap_parties(world, tmp_path: Path) -> No
         (["unhcr", "drc", "nrc"], ["unhcr", "drc"], "not compute-only"),
         (["unhcr", "nrc", "jips"], ["unhcr", "nrc"], "differ from the signed job"),
     ]
-    for parties, inputs, reason in cases:
-        signed = sign_job(job, alice)
+    for parties, inputs, reason in cases:  # even an analyst's signature cannot allow these
+        signed = sign_job(job, alice, parties=parties, inputs=inputs)
         decision = decide(config, roster, state, Offer(signed, parties, inputs))
         assert not decision.accept and reason in decision.reason, (parties, decision.reason)
+    signed_plan = {"parties": ["unhcr", "drc", "jips"], "inputs": ["unhcr", "drc"]}
+    for parties, inputs in ((["unhcr", "drc", "wfp"], ["unhcr", "drc"]), (PARTIES, PARTIES)):
+        swapped = decide(
+            config, roster, state, Offer(sign_job(job, alice, **signed_plan), parties, inputs)
+        )
+        assert not swapped.accept and "differ from those the analyst signed" in swapped.reason
     fine = decide(
         config,
         roster,
         state,
-        Offer(sign_job(job, alice), ["unhcr", "drc", "jips"], ["unhcr", "drc"]),
+        Offer(sign_job(job, alice, **signed_plan), ["unhcr", "drc", "jips"], ["unhcr", "drc"]),
     )
     assert fine.accept, fine.reason
 
