@@ -72,7 +72,7 @@ def attacker_widths(
             parts = [
                 i
                 for i in cells
-                if all(w == label or w == c for w, c in zip(key, keys[i], strict=True))
+                if all(w in (label, c) for w, c in zip(key, keys[i], strict=True))
             ]
             identity(whole, parts)
     if total is not None:
