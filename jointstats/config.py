@@ -20,7 +20,7 @@ NODE_KEYS = {
 }  # fmt: skip
 POLICY_KEYS = {
     "min_cell", "kinds", "max_cells", "max_rows", "partners", "analysts", "budgets",
-    "require_epsilon", "require_epsilon_datasets", "pool_with",
+    "require_epsilon", "require_epsilon_datasets", "pool_with", "protection",
 }  # fmt: skip
 
 
@@ -78,6 +78,9 @@ class Policy:
     """What this node agrees to (docs/operator.md, "Policy"). The default refuses every analyst."""
 
     min_cell: int = DEFAULT_MIN_CELL_FLOOR
+    # every suppressed cell must keep at least this many possible values against the
+    # attacker's linear programme (0: as many as the effective min_cell)
+    protection: int = 0
     kinds: tuple[str, ...] = ("crosstab", "linked_crosstab")
     max_cells: int = 20_000
     max_rows: int = 0  # rows a job may use from one dataset; 0 = no limit
@@ -100,6 +103,9 @@ class Policy:
         min_cell = doc.get("min_cell", DEFAULT_MIN_CELL_FLOOR)
         if not isinstance(min_cell, int) or min_cell < 1:
             raise ConfigError(f"{source}: policy min_cell must be a whole number >= 1")
+        protection = doc.get("protection", 0)
+        if not isinstance(protection, int) or isinstance(protection, bool) or protection < 0:
+            raise ConfigError(f"{source}: policy protection must be a whole number >= 0")
         analysts: dict[str, dict[str, tuple[str, ...]]] = {}
         for entry in doc.get("analysts", []):
             if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), str):
@@ -123,6 +129,7 @@ class Policy:
             names[key] = tuple(value)
         return cls(
             min_cell=min_cell,
+            protection=protection,
             kinds=tuple(doc.get("kinds", cls.kinds)),
             max_cells=int(doc.get("max_cells", cls.max_cells)),
             max_rows=int(doc.get("max_rows", 0)),

@@ -1,4 +1,6 @@
-"""The node's decision on a job offer: one place that says yes or no, with a reason.
+"""Every policy decision of a node, in one place: the offer (`decide`), the coordinator's
+session start (`check_session_start`), this node's own contribution (`check_contribution`)
+and the released table (`check_release`). Each says yes or raises with a one-line reason.
 
 Order: signature and expiry (roster), replay, job validity, then the node's policy: analyst,
 kind, partners, datasets and columns, table size, min_cell floor (applied at session start),
@@ -8,6 +10,7 @@ before any computation; refunded by the server when the session never starts).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,8 @@ from jointstats.protocols import JobProtocol, parse_job
 from jointstats.signing import Envelope, SignedJob, verify_job
 
 from .state import NodeState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def check_session_start(
     floor = max(config.policy.min_cell, signed.min_cell if signed else 0)
     if start.min_cell < floor:
         raise RefusedError("threshold below the signed job's or this node's floor")
-    wanted = max(getattr(config.policy, "protection", 0), signed.protection if signed else 0)
+    wanted = max(config.policy.protection, signed.protection if signed else 0)
     if start.protection < wanted:
         raise RefusedError("protection below the signed job's or this node's policy")
 
@@ -191,3 +196,13 @@ def check_release(config: NodeConfig, result: dict[str, Any], settings: dict[str
                 f"node {config.name}: the session produced a released cell below this node's "
                 "threshold; the table is withheld"
             )
+
+
+def check_contribution(node: str, job_id: str, max_rows: int, facts: dict[str, Any]) -> None:
+    """This node's own data, before any of it is shared: at most `max_rows` rows per job. The
+    exact figures are for the operator's log; the refusal that leaves the node has none."""
+    if max_rows and facts.get("rows_used", 0) > max_rows:
+        log.warning("job %s: %d rows, max_rows %d", job_id, facts["rows_used"], max_rows)
+        raise RefusedError(
+            f"node {node}: the job would use more rows than this node's policy allows (max_rows)"
+        )

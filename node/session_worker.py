@@ -36,11 +36,11 @@ sys.argv = _saved_argv
 from jointstats.errors import (  # noqa: E402
     JointstatsError,
     PeerError,
-    RefusedError,
     SessionTimeout,
 )
 from jointstats.jobs import parse_job_bytes  # noqa: E402
 from jointstats.keys import Identity, Roster  # noqa: E402
+from jointstats.node.policy import check_contribution  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import source_for  # noqa: E402
 from jointstats.protocols import parse_job  # noqa: E402
@@ -160,13 +160,7 @@ async def run_session(
     timings = {"local": time.perf_counter() - started}
     facts_of = getattr(protocol, "local_facts", None)
     facts = facts_of(job, local) if facts_of is not None and local is not None else {}
-    if spec.max_rows and facts.get("rows_used", 0) > spec.max_rows:
-        # the exact figures are for the operator; the message that leaves the node has no counts
-        log.warning("job %s: %d rows, max_rows %d", spec.job_id, facts["rows_used"], spec.max_rows)
-        raise RefusedError(
-            f"node {spec.node}: the job would use more rows than this node's policy allows "
-            "(max_rows)"
-        )
+    check_contribution(spec.node, spec.job_id, spec.max_rows, facts)
     rt = _new_runtime(spec.pid, len(spec.parties))
     link = RelayLink(
         spec.coordinator,

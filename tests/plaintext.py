@@ -70,9 +70,7 @@ def attacker_widths(
     for whole, key in enumerate(keys):
         if label in key:  # a margin: the sum of the cells that agree on its other labels
             parts = [
-                i
-                for i in cells
-                if all(w in (label, c) for w, c in zip(key, keys[i], strict=True))
+                i for i in cells if all(w in (label, c) for w, c in zip(key, keys[i], strict=True))
             ]
             identity(whole, parts)
     if total is not None:
