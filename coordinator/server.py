@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,11 +27,27 @@ from .store import JobStore
 log = logging.getLogger(__name__)
 ROSTER_POLL_SECONDS = 1.0
 RELAY_HELLO_SECONDS = 30.0
+CONNECT_HELLO_SECONDS = 30.0
+# A member's new node stream waits this long for its old one to end before it is refused as a
+# second, live connection. A connection that died without a word (a network cut, a crashed
+# host) is found by keepalive pings at both ends, about one ping period apart (measured with
+# a black-holing proxy: ~70 s after the cut, at both ends within milliseconds), so a node that
+# reconnects after finding it first waits here at most about one more period.
+STALE_STREAM_SECONDS = 2 * dict(SERVER_OPTIONS)["grpc.keepalive_time_ms"] / 1000
+
+
+@dataclass
+class _Stream:
+    """A member's open Connect stream: where from, and done when it has ended."""
+
+    peer: str
+    ended: asyncio.Future[None]
 
 
 class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
     def __init__(self, jobs: JobManager, relay: Relay) -> None:
         self.jobs, self.relay = jobs, relay
+        self._streams: dict[str, _Stream] = {}  # one live Connect stream per member
 
     async def Submit(self, request, context):  # noqa: N802 (gRPC names)
         try:
@@ -84,7 +102,15 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
 
     async def Connect(self, request_iterator, context):  # noqa: N802
         name = current_caller().name
-        conn = NodeConn(name)
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), CONNECT_HELLO_SECONDS)
+        except (StopAsyncIteration, TimeoutError):
+            first = None
+        if first is None or first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node stream opens with hello")
+        stream = await self._claim(name, context)
+        conn = NodeConn(name, datasets=set(first.hello.datasets))
+        self._register(name, conn)
         reader = asyncio.create_task(self._read_node(name, conn, request_iterator))
         try:
             while True:
@@ -98,17 +124,50 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
             reader.cancel()
             self.jobs.on_disconnect(name, conn)
             log.info("NODE_DISCONNECTED node=%s", name)
+            if self._streams.get(name) is stream:
+                del self._streams[name]
+            stream.ended.set_result(None)
+
+    async def _claim(self, name: str, context) -> _Stream:
+        """Make this stream the member's one stream. While another one is open, wait up to
+        STALE_STREAM_SECONDS for it to end (the node may have found its connection dead before
+        we did); if it is still alive then, another process runs with this member's keys:
+        refuse this one (the node exits; the live stream is untouched)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STALE_STREAM_SECONDS
+        while (old := self._streams.get(name)) is not None:
+            if loop.time() >= deadline:
+                reason = (
+                    f"{name} is already connected from {old.peer}; is another node running "
+                    "with these keys?"
+                )
+                log.warning("AUTH_REFUSED method=Connect node=%s reason=%s", name, reason)
+                self.jobs.audit.append(
+                    "AUTH_REFUSED",
+                    principal=name,
+                    method="Connect",
+                    reason=reason,
+                    peer=context.peer(),
+                )
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, reason)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(old.ended), deadline - loop.time())
+        stream = _Stream(context.peer(), loop.create_future())
+        self._streams[name] = stream
+        return stream
+
+    def _register(self, name: str, conn: NodeConn) -> None:
+        old = self.jobs.nodes.get(name)
+        if old is not None:
+            self.jobs.on_disconnect(name, old)  # (its stream has ended; its jobs fail)
+        self.jobs.nodes[name] = conn
+        log.info("NODE_CONNECTED node=%s datasets=%s", name, sorted(conn.datasets))
 
     async def _read_node(self, name: str, conn: NodeConn, request_iterator) -> None:
         async for message in request_iterator:
             kind = message.WhichOneof("kind")
             if kind == "hello":
                 conn.datasets = set(message.hello.datasets)
-                old = self.jobs.nodes.get(name)
-                if old is not None and old is not conn:
-                    self.jobs.on_disconnect(name, old)  # a reconnect: the old stream's jobs fail
-                self.jobs.nodes[name] = conn
-                log.info("NODE_CONNECTED node=%s datasets=%s", name, sorted(conn.datasets))
             elif kind == "decision":
                 self.jobs.on_decision(name, message.decision)
             elif kind == "report":
@@ -170,11 +229,18 @@ async def serve(config: CoordinatorConfig) -> None:
     relay = Relay()
     audit = AuditLog(config.db.parent / "audit.jsonl", identity, identity.name)
     jobs = JobManager(store, roster, relay, config.job_timeout, audit)
-    server = grpc.aio.server(interceptors=[RosterAuth(roster, audit)], options=SERVER_OPTIONS)
+    options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 0)]  # a port in use is an error
+    server = grpc.aio.server(interceptors=[RosterAuth(roster, audit)], options=options)
     wire_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(jobs, relay), server)
-    port = server.add_secure_port(config.listen, server_credentials(identity, roster_file))
+    try:
+        port = server.add_secure_port(config.listen, server_credentials(identity, roster_file))
+    except RuntimeError:  # newer grpc versions raise where older ones returned 0
+        port = 0
     if port == 0:
-        raise JointstatsError(f"cannot listen on {config.listen}")
+        raise JointstatsError(
+            f"cannot listen on {config.listen}: the port is in use (another coordinator?) or "
+            "the address is not one of this host's"
+        )
     await server.start()
     log.info("COORDINATOR_STARTED listen=%s port=%d", config.listen, port)
     if config.port_file is not None:

@@ -4,12 +4,17 @@ MPyC's runtime needs one object per peer with `send(pc, payload)`, `receive(pc)`
 `nbytes_sent` and `close_connection()`. PeerLink is that object; RelayLink owns the one gRPC
 Relay stream of this party and demultiplexes frames to the PeerLinks. Messages are sealed
 (jointstats.transport.PairSeal) and cut into chunks under gRPC's message limit.
+
+What a peer sent and this party has not read yet (chunks of a message, messages for later MPC
+steps, protocol messages in the data queue) is bounded per peer, much lower before that
+peer's handshake is accepted; a peer over the bound fails the session with a PeerError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 import grpc
 
@@ -20,7 +25,22 @@ from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
 MPC, PRSS, BYE, DATA = 0, 1, 2, 3
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # one sealed message, reassembled from chunks
+MAX_BUFFERED_BYTES = 512 * 1024 * 1024  # received from one peer, not yet read by the session
+MAX_EARLY_BYTES = 1024 * 1024  # the same, before the peer's handshake is accepted
 CLOSE_SECONDS = 5.0
+
+
+class _ReadQueue(asyncio.Queue):
+    """The data queue: tells its PeerLink when a message is read (it no longer waits)."""
+
+    def __init__(self, on_read: Callable[[int], None]) -> None:
+        super().__init__()
+        self._on_read = on_read
+
+    def _get(self) -> bytes:  # asyncio.Queue's hook, as in LifoQueue and PriorityQueue
+        item = super()._get()
+        self._on_read(len(item))
+        return item
 
 
 class PeerLink:
@@ -35,10 +55,11 @@ class PeerLink:
         self._chunks: list[bytes] = []
         self._chunk_bytes = 0
         self._early: list[bytes] = []  # sealed messages that arrived before we read the handshake
+        self._held = 0  # bytes in buffers, data and _early: received, not read yet
         self.handshake: asyncio.Future[bytes] = link.loop.create_future()
         self.prss: asyncio.Future[bytes] = link.loop.create_future()
         self.bye: asyncio.Future[None] = link.loop.create_future()
-        self.data: asyncio.Queue[bytes] = asyncio.Queue()  # protocol messages, in order
+        self.data: asyncio.Queue[bytes] = _ReadQueue(self._read)  # protocol messages, in order
 
     def _send_sealed(self, kind: int, body: bytes) -> None:
         message = self.seal.seal(bytes([kind]) + body)
@@ -61,6 +82,8 @@ class PeerLink:
         payload = self.buffers.pop(pc, None)
         if payload is None:
             payload = self.buffers[pc] = self._link.loop.create_future()
+        elif isinstance(payload, bytes):
+            self._read(len(payload))
         return payload
 
     def close_connection(self) -> None:
@@ -71,6 +94,7 @@ class PeerLink:
         self._chunk_bytes += len(data)
         if self._chunk_bytes > MAX_MESSAGE_BYTES:
             raise PeerError(f"party {self.peer_pid} sent a message over {MAX_MESSAGE_BYTES} bytes")
+        self._check_buffered()
         if not final:
             return
         message, self._chunks, self._chunk_bytes = b"".join(self._chunks), [], 0
@@ -78,14 +102,29 @@ class PeerLink:
             self.handshake.set_result(message)
         elif not self.seal.ready:
             self._early.append(message)
+            self._held += len(message)
         else:
             self._on_sealed(message)
+            self._check_buffered()
 
     def accept_handshake(self, hello: bytes, peer_sign_public: bytes) -> None:
         self.seal.accept_hello(hello, peer_sign_public)
         early, self._early = self._early, []
         for message in early:
+            self._held -= len(message)
             self._on_sealed(message)
+
+    def _read(self, size: int) -> None:
+        self._held -= size
+
+    def _check_buffered(self) -> None:
+        limit = MAX_BUFFERED_BYTES if self.seal.ready else MAX_EARLY_BYTES
+        if self._held + self._chunk_bytes > limit:
+            when = "" if self.seal.ready else " before its handshake"
+            raise PeerError(
+                f"party {self.peer_pid} sent more than this party has read{when}: over "
+                f"{limit / (1024 * 1024):g} MiB wait; the session is stopped"
+            )
 
     def _on_sealed(self, message: bytes) -> None:
         plaintext = self.seal.open(message)
@@ -99,6 +138,7 @@ class PeerLink:
         elif kind == PRSS and not self.prss.done():
             self.prss.set_result(body)
         elif kind == DATA:
+            self._held += len(body)
             self.data.put_nowait(body)
         elif kind == BYE and not self.bye.done():
             self.bye.set_result(None)
@@ -109,6 +149,7 @@ class PeerLink:
         waiting = self.buffers.pop(pc, None)
         if waiting is None:
             self.buffers[pc] = payload
+            self._held += len(payload)
         elif isinstance(waiting, asyncio.Future):
             waiting.set_result(payload)
         else:
@@ -126,8 +167,10 @@ class RelayLink:
         session_id: str,
         pid: int,
         channel: grpc.aio.Channel | None = None,
+        session_digest: bytes = bytes(32),
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.session_digest = session_digest  # bound into every pair's signed handshake
         self._address, self._identity, self._roster = address, identity, roster
         self.session_id, self.pid = session_id, pid
         self._outbox: asyncio.Queue[wire_pb2.RelayFrame | None] = asyncio.Queue()
@@ -139,7 +182,9 @@ class RelayLink:
         self._closing = False
 
     def add_peer(self, peer_pid: int) -> PeerLink:
-        link = PeerLink(self, peer_pid, PairSeal(self.session_id, self.pid, peer_pid))
+        link = PeerLink(
+            self, peer_pid, PairSeal(self.session_id, self.pid, peer_pid, self.session_digest)
+        )
         self.peers[peer_pid] = link
         return link
 

@@ -99,7 +99,10 @@ async def send_array(channel: PartyChannel, pid: int, array: np.ndarray) -> None
 async def recv_array(
     channel: PartyChannel, pid: int, dtype: np.dtype | type, width: int, max_rows: int
 ) -> np.ndarray:
-    """Receive what send_array sent; the header must match the expected dtype and width."""
+    """Receive what send_array sent: a `dtype` array of exactly `width` columns and at most
+    `max_rows` rows, the shape the caller expects from the session (its own record count, n,
+    the job's domains). A header that declares anything else is refused before any memory is
+    taken, and memory grows only with the bytes that arrive, never with a declared size."""
     header = await channel.recv(pid)
     expected = _DTYPES[np.dtype(dtype).itemsize]
     if len(header) != _HEADER.size:
@@ -109,16 +112,14 @@ async def recv_array(
         raise PeerError(f"party {pid} sent an array of the wrong type or width")
     if rows > max_rows:
         raise PeerError(f"party {pid} sent {rows} rows; at most {max_rows} expected")
-    out = np.empty((rows, width), dtype=expected)
-    flat = out.reshape(-1).view(np.uint8)
-    filled, row_bytes = 0, width * expected.itemsize
-    while filled < len(flat):
+    total, row_bytes = rows * width * expected.itemsize, width * expected.itemsize
+    data = bytearray()  # grows (realloc, no copy on Linux) as blocks arrive
+    while len(data) < total:
         block = await channel.recv(pid)
-        if not block or len(block) % row_bytes or filled + len(block) > len(flat):
+        if not block or len(block) % row_bytes or len(data) + len(block) > total:
             raise PeerError(f"party {pid} sent an array block of the wrong size")
-        flat[filled : filled + len(block)] = np.frombuffer(block, dtype=np.uint8)
-        filled += len(block)
-    return out
+        data += block
+    return np.frombuffer(data, dtype=expected).reshape(rows, width)
 
 
 def masked_one_hot(
