@@ -86,6 +86,13 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "job has no result yet")
         return wire_pb2.ResultReply(job_id=record.job_id, result_json=record.result_json)
 
+    async def Plan(self, request, context):  # noqa: N802
+        try:
+            plan = self.jobs.plan(request.job_json)
+        except JointstatsError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        return wire_pb2.PlanReply(parties=plan.parties, data_parties=plan.data_parties)
+
     async def ListNodes(self, request, context):  # noqa: N802
         view = self.jobs.view()
         nodes = [
