@@ -15,7 +15,7 @@ import grpc
 
 from jointstats.audit import AuditLog
 from jointstats.config import NodeConfig
-from jointstats.errors import JointstatsError
+from jointstats.errors import ConfigError, JointstatsError
 from jointstats.keys import Identity, RosterFile
 from jointstats.session import SessionDescription, SessionSpec, result_message, table_digest
 from jointstats.signing import SignedJob
@@ -75,7 +75,12 @@ class Node:
                 attempt = 0
             except grpc.aio.AioRpcError as exc:
                 log.warning("coordinator stream ended: %s", exc.details() or exc.code().name)
-                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                # refused: our key is revoked, or another process runs with our keys
+                if exc.code() in (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                ):
+                    await self._shutdown()
                     raise JointstatsError(
                         f"coordinator refused this node: {exc.details()}"
                     ) from None
@@ -166,7 +171,7 @@ class Node:
                 accept=decision.accept,
                 reason=decision.reason,
                 min_cell_floor=self.config.policy.min_cell,
-                protection_floor=getattr(self.config.policy, "protection", 0),
+                protection_floor=self.config.policy.protection,
             )
         )
 
@@ -352,8 +357,6 @@ class Node:
 
 
 async def serve(config: NodeConfig) -> None:
-    from jointstats.errors import ConfigError
-
     keys_name = Identity.load(config.keys).name
     if keys_name != config.name:
         raise ConfigError(
@@ -361,20 +364,6 @@ async def serve(config: NodeConfig) -> None:
             f"{keys_name!r}'s: give the config name = {keys_name!r} or the keys of {config.name!r}"
         )
     node = Node(config)
-    connect_once = node._connect_once
-
-    async def connect_or_give_up(stop: asyncio.Event) -> None:
-        """A stream refused as a second one of this member: another process has our keys."""
-        try:
-            await connect_once(stop)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise
-            log.error("coordinator refused this node: %s", exc.details())
-            await node._shutdown()
-            raise JointstatsError(f"coordinator refused this node: {exc.details()}") from None
-
-    node._connect_once = connect_or_give_up  # type: ignore[method-assign]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -108,7 +108,8 @@ async def holder(job: LinkedJob, ctx: SessionContext, roles: Roles, records: Rec
         await wire.send_array(channel, roles.h, tags)
         del tags
     with phase(ctx, "match"):
-        index = await wire.recv_array(channel, roles.h, np.uint32, 1, MAX_RECORDS)
+        # the matched positions index the other side's records: never more than ours
+        index = await wire.recv_array(channel, roles.h, np.uint32, 1, len(records))
         index = index[:, 0].astype(np.int64)  # the other holder's positions, in match order
     n = len(index)
     with phase(ctx, "share"):
