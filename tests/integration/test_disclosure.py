@@ -187,3 +187,33 @@ def test_released_zeros_are_not_used_as_complementary_cells(tmp_path: Path):
     assert cell[("a", "x")][0] and cell[("a", "z")][0]  # primary and its complement
     assert cell[("a", "y")] == (False, 0)  # the released zero stays released
     assert determined_cells(result, ["g", "h"]) == []
+
+
+BRIDGE = [[1, 2, 3, 9], [2, 1, 8, 7], [6, 9, 2, 1], [7, 8, 3, 4]]  # tests/unit/test_suppression
+
+
+def test_a_bridge_cell_is_not_recoverable_from_rows_and_columns(tmp_path: Path):
+    """The attack on the old rule: with the 4x4 table below and min_cell 5 every line had two
+    suppressed cells, yet row 1 + row 2 - column 1 - column 2 gave cell (a1, b3) exactly."""
+    rows = [
+        (f"a{r + 1}", f"b{c + 1}") for r, line in enumerate(BRIDGE) for c, n in enumerate(line)
+        for _ in range(n)
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["a", "b"])
+    nodes = []
+    for i, agency in enumerate(AGENCIES):
+        path = tmp_path / agency / "grid.csv"
+        path.parent.mkdir()
+        frame.iloc[i::3].to_csv(path, index=False)
+        nodes.append(LocalNode(agency, {"grid": path}))
+    domains = {"a": ["a1", "a2", "a3", "a4"], "b": ["b1", "b2", "b3", "b4"]}
+    job = {"kind": "crosstab", "dataset": "grid", "by": ["a", "b"], "domains": domains}
+    job["disclosure"] = {"min_cell": 5, "margins": True}
+    with LocalFederation(nodes, tmp_path / "fed", session_timeout=60) as fed:
+        result = fed.client.run(job, timeout=120)
+    table = result.table
+    cell = table[(table["a"] == "a1") & (table["b"] == "b3")]
+    assert cell["suppressed"].iloc[0]
+    assert_protected_release(table, expected_crosstab(frame, ["a", "b"], domains, 5), ["a", "b"], 5)
+    assert determined_cells(table, ["a", "b"]) == []
+    assert result.metadata["secondary_suppressed"] > 0

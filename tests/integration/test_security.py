@@ -130,7 +130,8 @@ def test_expired_and_replayed_submissions_are_refused(federation):
     with pytest.raises(AuthError, match="expired"):
         federation.client.submit(JOB, ttl=-1)
     identity = Identity.load(federation.workdir / "analyst" / "keys")
-    signed = sign_job(JOB, identity)
+    plan = federation.client.plan(JOB)
+    signed = sign_job(JOB, identity, plan.parties, plan.data_parties)
     federation.client.wait(federation.client.submit_signed(signed), timeout=60)
     with pytest.raises(JobError, match="used before"):
         federation.client.submit_signed(signed)
