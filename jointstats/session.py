@@ -32,6 +32,9 @@ class SessionDescription:
     parties: tuple[str, ...]
     data_parties: tuple[str, ...]
     disclosure: dict[str, Any]  # effective settings: min_cell, protection, release_zeros, ...
+    # libraries whose results every party must reproduce exactly (the suppression pattern
+    # depends on the LP solver's choice): a version mismatch fails at the handshake
+    stack: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -120,3 +123,10 @@ def table_digest(result: dict[str, Any]) -> str:
 def result_message(session_digest: bytes, result: dict[str, Any]) -> bytes:
     """The bytes each party signs with its roster key when it reports a released table."""
     return RESULT_SIGNING_CONTEXT + session_digest + bytes.fromhex(table_digest(result))
+
+
+def library_stack() -> dict[str, str]:
+    """Versions of the libraries that must match across the parties of a session."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("mpyc", "scipy")}

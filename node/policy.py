@@ -184,17 +184,19 @@ class SessionStartView:
 
 def check_release(config: NodeConfig, result: dict[str, Any], settings: dict[str, Any]) -> None:
     """Defence in depth: never report a table that shows a count below this node's own floor
-    or the session's threshold (a released zero only when the job asked for it)."""
+    or the session's threshold (a released zero only when the job asked for it; a linked
+    table's grand total is n, public anyway)."""
     floor = max(config.policy.min_cell, int(settings["min_cell"]))
     position = result["columns"].index("count")
     for row in result["rows"]:
         count = row[position]
         if row[-1] or count is None:
             continue
-        if count < floor and not (count == 0 and settings.get("release_zeros")):
+        public = count == result["metadata"].get("matched") and set(row[:position]) == {"total"}
+        if count < floor and not (count == 0 and settings.get("release_zeros")) and not public:
             raise RefusedError(
-                f"node {config.name}: the session produced a released cell below this node's "
-                "threshold; the table is withheld"
+                "the session produced a released cell below this node's threshold; "
+                "the table is withheld"
             )
 
 
@@ -203,6 +205,4 @@ def check_contribution(node: str, job_id: str, max_rows: int, facts: dict[str, A
     exact figures are for the operator's log; the refusal that leaves the node has none."""
     if max_rows and facts.get("rows_used", 0) > max_rows:
         log.warning("job %s: %d rows, max_rows %d", job_id, facts["rows_used"], max_rows)
-        raise RefusedError(
-            f"node {node}: the job would use more rows than this node's policy allows (max_rows)"
-        )
+        raise RefusedError("the job would use more rows than this node's policy allows (max_rows)")

@@ -17,7 +17,13 @@ from jointstats.audit import AuditLog
 from jointstats.config import NodeConfig
 from jointstats.errors import ConfigError, JointstatsError
 from jointstats.keys import Identity, RosterFile
-from jointstats.session import SessionDescription, SessionSpec, result_message, table_digest
+from jointstats.session import (
+    SessionDescription,
+    SessionSpec,
+    library_stack,
+    result_message,
+    table_digest,
+)
 from jointstats.signing import SignedJob
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
@@ -254,6 +260,7 @@ class Node:
             parties=tuple(start.parties),
             data_parties=tuple(start.data_parties),
             disclosure=disclosure.effective(start.min_cell, start.protection),
+            stack=library_stack(),
         )
 
     def _session_spec(self, decision: Decision, description: SessionDescription) -> SessionSpec:

@@ -21,6 +21,7 @@ secret-shared cells of a table and returns a typed `Release`:
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,8 @@ class Release:
     values: list[dict[str, int] | None]  # None for a suppressed entry
     primary_cells: int
     secondary_cells: int
-    narrowest_interval: float | None  # the smallest feasible range of a suppressed entry
+    narrowest_interval: float | None  # smallest feasible range of a suppressed entry (None:
+    # nothing suppressed, or no released total bounds it)
 
 
 def entry_indices(shape: tuple[int, ...], margins: bool) -> list[list[int]]:
@@ -125,6 +127,8 @@ async def release(
     `known_total` (a linked table's n) is a grand total the attacker knows; `bits` bounds
     |count - k| for cheaper comparisons."""
     k, margins = settings["min_cell"], settings["margins"]
+    if settings.get("epsilon"):
+        known_total = None  # noisy cells do not add up to n; the noise protects them
     index = entry_indices(shape, margins)
     entries = {
         name: [cells[i[0]] if len(i) == 1 else mpc.sum([cells[j] for j in i]) for i in index]
@@ -137,22 +141,23 @@ async def release(
     layout = suppression.layout(shape, margins, known_total is not None)
     never = {i for i, z in enumerate(released_zero) if z} | set(layout.forced_released)
     protection = settings.get("protection") or k
-    suppressed = suppression.complete_pattern(layout, primary, k, protection, never)
+    primary = [p and i not in layout.forced_released for i, p in enumerate(primary)]
+    suppressed = suppression.complete_pattern(layout, primary, k, protection, never, known_total)
     values = await _open_values(mpc, entries, suppressed)
     opened = [None if v is None else v["count"] for v in values]
-    total = None if settings.get("epsilon") else known_total  # noisy cells do not add up to n
-    audit = suppression.audit_release(layout, opened, k, protection, total)
+    audit = suppression.audit_release(layout, opened, k, protection, known_total)
     if not audit.passed:
         raise JobError(
             "the suppression audit failed: a suppressed cell would be narrowed to fewer than "
             f"{protection} values; the table is withheld"
         )
+    width = audit.narrowest_width
     return Release(
         suppressed,
         values,
         sum(primary),
-        sum(suppressed) - sum(primary),
-        audit.narrowest_width,
+        sum(s and not p for s, p in zip(suppressed, primary, strict=True)),
+        None if width is None or math.isinf(width) else width,  # None: nothing hidden is bounded
     )
 
 
