@@ -5,6 +5,7 @@ Relative paths in a file are relative to the file's folder.
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,43 @@ class CoordinatorConfig:
 
 
 @dataclass(frozen=True)
+class GrantTerms:
+    """The terms of one `[[analysts]]` entry beside its datasets: a name for people, the last
+    day (UTC) it may be used and what it is for (docs/operator.md, "Grants")."""
+
+    name: str = ""
+    expires: datetime.date | None = None
+    purpose: str = ""
+
+    def expired(self, today: datetime.date | None = None) -> bool:
+        today = today or datetime.datetime.now(datetime.UTC).date()
+        return self.expires is not None and today > self.expires
+
+
+def _grant_terms(entry: dict[str, Any], source: Path) -> GrantTerms:
+    unknown = sorted(set(entry) - {"fingerprint", "datasets", "name", "expires", "purpose"})
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) in [[analysts]]: {', '.join(unknown)}; "
+            "expected some of: datasets, expires, fingerprint, name, purpose"
+        )
+    expires = entry.get("expires")
+    if isinstance(expires, str):
+        try:
+            expires = datetime.date.fromisoformat(expires)
+        except ValueError:
+            expires = "not a date"
+    if expires is not None and (
+        isinstance(expires, datetime.datetime) or not isinstance(expires, datetime.date)
+    ):
+        raise ConfigError(f"{source}: [[analysts]] expires must be a date such as 2027-06-30")
+    name, purpose = entry.get("name", ""), entry.get("purpose", "")
+    if not isinstance(name, str) or not isinstance(purpose, str):
+        raise ConfigError(f"{source}: [[analysts]] name and purpose must be text")
+    return GrantTerms(name, expires, purpose)
+
+
+@dataclass(frozen=True)
 class Policy:
     """What this node agrees to (docs/operator.md, "Policy"). The default refuses every analyst."""
 
@@ -87,6 +125,7 @@ class Policy:
     partners: tuple[str, ...] = ("*",)
     # analyst signing-key fingerprint -> dataset (or "*") -> allowed columns (or ["*"])
     analysts: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    terms: dict[str, GrantTerms] = field(default_factory=dict)  # fingerprint -> name, expiry
     budgets: dict[str, float] = field(default_factory=dict)  # epsilon per dataset
     # Against differencing (docs/operator.md, "Policy"): jobs on this node's data (every
     # dataset, or the listed ones) must carry epsilon; pooled jobs must have exactly these inputs.
@@ -107,11 +146,13 @@ class Policy:
         if not isinstance(protection, int) or isinstance(protection, bool) or protection < 0:
             raise ConfigError(f"{source}: policy protection must be a whole number >= 0")
         analysts: dict[str, dict[str, tuple[str, ...]]] = {}
+        terms: dict[str, GrantTerms] = {}
         for entry in doc.get("analysts", []):
             if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), str):
                 raise ConfigError(f"{source}: each [[analysts]] entry needs a `fingerprint`")
             datasets = entry.get("datasets", {})
             analysts[entry["fingerprint"]] = {d: tuple(cols) for d, cols in datasets.items()}
+            terms[entry["fingerprint"]] = _grant_terms(entry, source)
         try:
             budgets = {str(d): float(e) for d, e in doc.get("budgets", {}).items()}
         except (TypeError, ValueError):
@@ -135,6 +176,7 @@ class Policy:
             max_rows=int(doc.get("max_rows", 0)),
             partners=tuple(doc.get("partners", cls.partners)),
             analysts=analysts,
+            terms=terms,
             budgets=budgets,
             require_epsilon=require_epsilon,
             require_epsilon_datasets=names["require_epsilon_datasets"],
@@ -214,6 +256,7 @@ class ClientConfig:
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
         doc, base = _read(path), Path(path).resolve().parent
+        _no_unknown(doc, {"coordinator", "roster", "keys"}, path)
         return cls(
             coordinator=str(doc.get("coordinator", "127.0.0.1:50051")),
             roster=_path(doc, "roster", base, path),

@@ -50,6 +50,11 @@ def _check_policy(
     grant = policy.analysts.get(fingerprint)
     if grant is None:
         raise RefusedError("the analyst's key is not allowed by this node's policy")
+    terms = policy.terms.get(fingerprint)
+    if terms is not None and terms.expired():
+        raise RefusedError(
+            f"node {node}: the analyst's grant expired on {terms.expires} (policy expires)"
+        )
     if kind not in policy.kinds:
         raise RefusedError(f"this node does not run {kind} jobs")
     strangers = [p for p in offer.parties if p != node and not policy.allows_partner(p)]
