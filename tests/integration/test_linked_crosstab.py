@@ -200,12 +200,15 @@ def test_keys_link_after_normalization_only_when_asked(federation, files):
     )  # messy ids missed unless normalized
 
 
-def test_a_table_that_n_alone_would_narrow_is_refused(federation):
-    """n = 800 is public: with min_cell 801 no pattern can keep every cell's range that wide."""
+def test_a_table_below_the_threshold_shows_only_the_public_n(federation):
+    """Every cell below min_cell: all are suppressed, and n (public) pins none of them."""
     job = copy.deepcopy(JOB)
-    job["disclosure"]["min_cell"] = 801
-    with pytest.raises(JobFailed, match="no suppression pattern protects this table"):
-        federation.client.run(job, timeout=120)
+    job["disclosure"]["min_cell"] = 700
+    result = federation.client.run(job, timeout=120)
+    assert result.metadata["matched"] == 800
+    assert result.table["suppressed"].all()
+    by = ["district", "sex", "employment"]
+    assert min(attacker_widths(result.table, by, total=800)) >= 699
 
 
 def test_one_suppressed_cell_is_not_given_back_by_n(federation, files):
@@ -274,3 +277,22 @@ def test_values_outside_the_domain_are_counted_never_shown(federation):
     message = str(failure.value)
     assert "column employment:" in message and "values outside the domain" in message
     assert "inactive" not in message
+
+
+def test_margins_and_epsilon_work_for_linked_jobs(federation, files):
+    merged = _linked(_read(files, "idp_registry"), _read(files, "household_survey"))
+    by = ["district", "sex", "employment"]
+    job = copy.deepcopy(JOB)
+    job["disclosure"] = {"min_cell": 5, "margins": True}
+    result = federation.client.run(job, timeout=120)
+    table = result.table
+    assert_protected_release(table, _expected(merged), by, 5, total=800)
+    grand = table[(table[by] == "total").all(axis=1)]
+    assert not grand["suppressed"].iloc[0] and grand["count"].iloc[0] == 800  # n is public
+    job["disclosure"] = {"min_cell": 5, "epsilon": 1.0}
+    noisy = federation.client.run(job, timeout=120)
+    assert noisy.metadata["epsilon_spent"] == 1.0
+    truth = _expected(merged)
+    shown = ~noisy.table["suppressed"]
+    error = noisy.table.loc[shown, "count"] - truth.loc[shown, "count"]
+    assert error.abs().max() <= 28 and len(error) > 0  # within the truncation bound B
