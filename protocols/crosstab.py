@@ -34,7 +34,7 @@ import numpy as np
 from jointstats.errors import DataError, JobError
 from jointstats.protocols import disclosure
 from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
-from jointstats.protocols.release import Disclosure, parse_disclosure, release
+from jointstats.protocols.release import Disclosure, WithDisclosure, parse_disclosure, release
 
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
 SUM_SCALE = 100  # sums travel as integers in hundredths
@@ -48,7 +48,7 @@ VERSION = 2  # bumped when the session's messages or the release rule change
 
 
 @dataclass(frozen=True)
-class CrosstabJob:
+class CrosstabJob(WithDisclosure):
     dataset: str
     by: tuple[str, ...]
     domains: dict[str, tuple[str, ...]]
@@ -58,22 +58,6 @@ class CrosstabJob:
     other: bool = False
     weight: str | None = None
     disclosure: Disclosure = Disclosure()
-
-    @property
-    def min_cell(self) -> int:
-        return self.disclosure.min_cell
-
-    @property
-    def release_zeros(self) -> bool:
-        return self.disclosure.release_zeros
-
-    @property
-    def margins(self) -> bool:
-        return self.disclosure.margins
-
-    @property
-    def epsilon(self) -> float:
-        return self.disclosure.epsilon
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -54,6 +54,28 @@ class Disclosure:
         }
 
 
+class WithDisclosure:
+    """Shortcuts to a job's disclosure settings, for job dataclasses with a `disclosure`."""
+
+    disclosure: Disclosure
+
+    @property
+    def min_cell(self) -> int:
+        return self.disclosure.min_cell
+
+    @property
+    def release_zeros(self) -> bool:
+        return self.disclosure.release_zeros
+
+    @property
+    def margins(self) -> bool:
+        return self.disclosure.margins
+
+    @property
+    def epsilon(self) -> float:
+        return self.disclosure.epsilon
+
+
 def _whole(value: Any, name: str, minimum: int) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
         raise JobError(f"`{name}` in [disclosure] must be a whole number >= {minimum}")
