@@ -43,7 +43,7 @@ from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.policy import check_contribution  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import source_for  # noqa: E402
-from jointstats.protocols import parse_job  # noqa: E402
+from jointstats.protocols import parse_job, suppression  # noqa: E402, F401 (scipy preloaded)
 from jointstats.protocols.base import SessionContext  # noqa: E402
 from jointstats.session import SessionSpec  # noqa: E402
 from jointstats.transport import channel_credentials, channel_options  # noqa: E402

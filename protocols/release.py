@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from jointstats.errors import JobError
-from jointstats.protocols import suppression
 
 MAX_EPSILON = 10.0
 DEFAULT_MIN_CELL = 5
@@ -160,6 +159,8 @@ async def release(
     below = [_less(mpc, c, k, bits) for c in counts]
     zero = [_is_zero(mpc, c, bits) for c in counts] if settings["release_zeros"] else None
     primary, released_zero = await _open_flags(mpc, below, zero)
+    from jointstats.protocols import suppression  # scipy: loaded in session workers only
+
     layout = suppression.layout(shape, margins, known_total is not None)
     never = {i for i, z in enumerate(released_zero) if z} | set(layout.forced_released)
     protection = settings.get("protection") or k
