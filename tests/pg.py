@@ -2,9 +2,11 @@
 127.0.0.1 on a free port (unix socket in that folder), stop and delete it at the end.
 
 Binaries: $JOINTSTATS_PG_BIN, else `initdb` on PATH, else the newest /usr/lib/postgresql/NN/bin
-(Debian's package, which .ci/run installs when `initdb` is missing). PostgreSQL refuses to run
-as root, so as root the server runs as the unprivileged `postgres` user ($JOINTSTATS_PG_USER)
-through `runuser`. The fixture fails (never skips) when no server can be started.
+(Debian's package, which .ci/run installs when `initdb` is missing), else those of the
+`pgserver` wheel (a dev dependency, so a machine with only Python and PyPI runs the tests too).
+PostgreSQL refuses to run as root, so as root the server runs as an unprivileged user
+($JOINTSTATS_PG_USER, else `postgres`, else `nobody`) through `runuser`. The fixture fails
+(never skips) when no server can be started.
 """
 
 from __future__ import annotations
@@ -44,12 +46,36 @@ def _bin_dir() -> Path:
     versions = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
     )
-    if not versions:
+    if versions:
+        return versions[-1].parent
+    wheel = _wheel_bin_dir()
+    if wheel is None:
         raise PostgresUnavailable(
-            "no PostgreSQL binaries: install them (apt-get install postgresql, as .ci/run does) "
-            "or set JOINTSTATS_PG_BIN to the folder holding initdb and pg_ctl"
+            "no PostgreSQL binaries: install them (apt-get install postgresql, as .ci/run does), "
+            "or the dev extra's `pgserver` wheel, or set JOINTSTATS_PG_BIN to the folder "
+            "holding initdb and pg_ctl"
         )
-    return versions[-1].parent
+    return wheel
+
+
+def _wheel_bin_dir() -> Path | None:
+    """PostgreSQL from the `pgserver` wheel (a dev dependency), for machines without a
+    system PostgreSQL: `make test` then needs nothing beyond Python and PyPI."""
+    try:
+        import pgserver
+    except ImportError:
+        return None
+    candidate = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return candidate if (candidate / "initdb").exists() else None
+
+
+def _unprivileged_user() -> str:
+    """`postgres` (Debian's package makes it), else `nobody`, which every Linux has."""
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    return "postgres"
 
 
 def _runuser() -> str:
@@ -77,7 +103,7 @@ class PostgresServer:
         bin_dir = _bin_dir()
         user = None
         if os.geteuid() == 0:
-            user = os.environ.get("JOINTSTATS_PG_USER", "postgres")
+            user = os.environ.get("JOINTSTATS_PG_USER") or _unprivileged_user()
             try:
                 account = pwd.getpwnam(user)
             except KeyError:
