@@ -19,9 +19,16 @@ from jointstats.protocols.crosstab import (
 from jointstats.protocols.release import Disclosure, parse_disclosure
 
 KIND = "linked_crosstab"
-FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure"}
+FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure", "linkage"}
 SIDE_FIELDS = {"node", "dataset", "key", "by", "normalize", "duplicates", "weight"}
-VERSION = 2  # bumped when the session's messages or the release rule change
+VERSION = 3  # bumped when the session's messages or the release rule change (3: fuzzy linkage)
+METHODS = ("exact", "fuzzy")
+LINKAGE_FIELDS = {"method", "fields", "threshold"}
+FIELD_KINDS = ("name", "text", "date", "exact")
+FIELD_KEYS = {"left", "right", "kind", "left_format", "right_format"}
+ISO_DATE = "%Y-%m-%d"
+DEFAULT_THRESHOLD = 0.9  # minimum match probability of a linked pair (fuzzy linkage)
+MAX_LINK_FIELDS = 10
 NORMALIZATIONS = ("nfkc", "casefold", "strip")  # always applied in this order
 DUPLICATE_POLICIES = ("error", "first")
 MAX_SIDE_CELLS = 1_000  # width of a side's one-hot encoding (memory: records x width x 8 bytes)
@@ -33,15 +40,42 @@ class Side:
 
     node: str
     dataset: str
-    key: str
+    key: str | None  # None with fuzzy linkage: the records link on `link` columns instead
     by: tuple[str, ...]
     normalize: tuple[str, ...] = ()
     duplicates: str = "error"
     weight: str | None = None
+    link: tuple[str, ...] = ()  # this side's linkage columns (fuzzy), in [linkage] order
 
     @property
     def columns(self) -> list[str]:
-        return [self.key, *self.by] + ([self.weight] if self.weight else [])
+        named = [*([self.key] if self.key else []), *self.link, *self.by]
+        named += [self.weight] if self.weight else []
+        return list(dict.fromkeys(named))  # a column may both link and tabulate (e.g. sex)
+
+
+@dataclass(frozen=True)
+class LinkField:
+    """One `fields` entry of [linkage]: a left column compared with a right column."""
+
+    left: str
+    right: str
+    kind: str  # "name", "text", "date" or "exact"
+    left_format: str = ISO_DATE  # strptime format (dates only)
+    right_format: str = ISO_DATE
+
+
+@dataclass(frozen=True)
+class Linkage:
+    """[linkage]: exact (on `key`, the default) or fuzzy (on several fields, no key)."""
+
+    method: str = "exact"
+    fields: tuple[LinkField, ...] = ()
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def fuzzy(self) -> bool:
+        return self.method == "fuzzy"
 
 
 @dataclass(frozen=True)
@@ -52,6 +86,7 @@ class LinkedJob:
     domains: dict[str, tuple[str, ...]]
     other: bool = False
     disclosure: Disclosure = Disclosure()
+    linkage: Linkage = Linkage()
 
     @property
     def min_cell(self) -> int:
@@ -79,14 +114,18 @@ class LinkedJob:
         return self.right.weight is not None
 
 
-def _parse_side(doc: dict[str, Any], name: str) -> Side:
+def _parse_side(doc: dict[str, Any], name: str, linkage: Linkage) -> Side:
     table = doc.get(name)
     _require(isinstance(table, dict), f"the job needs a [{name}] table (node, dataset, key, by)")
     unknown = set(table) - SIDE_FIELDS
     _require(not unknown, f"unknown field(s) in [{name}]: {', '.join(sorted(unknown))}")
-    for field in ("node", "dataset", "key"):
+    for field in ("node", "dataset") if linkage.fuzzy else ("node", "dataset", "key"):
         value = table.get(field)
         _require(isinstance(value, str) and value, f"[{name}] needs `{field}` (a name)")
+    _require(
+        not (linkage.fuzzy and "key" in table),
+        f'[{name}] has no `key` with method = "fuzzy": the records link on [linkage] `fields`',
+    )
     by = _string_list(table.get("by"), f"{name}.by")
     _require(len(set(by)) == len(by), f"[{name}] `by` names a column twice")
     normalize = table.get("normalize", [])
@@ -102,10 +141,75 @@ def _parse_side(doc: dict[str, Any], name: str) -> Side:
     weight = table.get("weight")
     _require(weight is None or name == "right", "`weight` goes in [right] (the survey side)")
     _require(weight is None or (isinstance(weight, str) and weight), "`weight` names one column")
-    _require(table["key"] not in by, f"[{name}] the key cannot also be a `by` column")
-    _require(weight not in (table["key"], *by), f"[{name}] `weight` cannot be the key or `by`")
+    key = table.get("key")
+    link = tuple(getattr(f, name) for f in linkage.fields)
+    _require(key not in by, f"[{name}] the key cannot also be a `by` column")
+    _require(
+        weight is None or weight not in (key, *by, *link),
+        f"[{name}] `weight` cannot be the key, `by` or linked",
+    )
     normalized = tuple(n for n in NORMALIZATIONS if n in normalize)
-    return Side(table["node"], table["dataset"], table["key"], by, normalized, duplicates, weight)
+    return Side(
+        table["node"], table["dataset"], key, by, normalized, duplicates, weight, link
+    )  # fmt: skip
+
+
+def _parse_field(entry: Any, k: int) -> LinkField:
+    where = f"[linkage] fields[{k}]"
+    _require(isinstance(entry, dict), f"{where} must be a table {{left, right, kind}}")
+    unknown = set(entry) - FIELD_KEYS
+    _require(not unknown, f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    for key in ("left", "right"):
+        _require(
+            isinstance(entry.get(key), str) and entry[key], f"{where} needs `{key}` (a column)"
+        )
+    kind = entry.get("kind")
+    _require(kind in FIELD_KINDS, f"{where} `kind` must be one of {', '.join(FIELD_KINDS)}")
+    formats = [entry.get(f"{s}_format", ISO_DATE) for s in ("left", "right")]
+    _require(
+        kind == "date" or not ({"left_format", "right_format"} & set(entry)),
+        f'{where}: `left_format`/`right_format` apply to kind = "date" only',
+    )
+    _require(
+        all(isinstance(f, str) and "%" in f for f in formats),
+        f'{where}: a date format is a strptime pattern such as "%d.%m.%Y"',
+    )
+    return LinkField(entry["left"], entry["right"], kind, *formats)
+
+
+def parse_linkage(doc: dict[str, Any]) -> Linkage:
+    table = doc.get("linkage", {})
+    _require(isinstance(table, dict), "[linkage] must be a table")
+    unknown = set(table) - LINKAGE_FIELDS
+    _require(not unknown, f"unknown field(s) in [linkage]: {', '.join(sorted(unknown))}")
+    method = table.get("method", "exact")
+    _require(method in METHODS, f"[linkage] `method` must be {' or '.join(map(repr, METHODS))}")
+    if method == "exact":
+        _require(
+            set(table) <= {"method"}, '[linkage] `fields` and `threshold` need method = "fuzzy"'
+        )
+        return Linkage()
+    fields = table.get("fields")
+    _require(
+        isinstance(fields, list) and 0 < len(fields) <= MAX_LINK_FIELDS,
+        f"[linkage] `fields` must list 1 to {MAX_LINK_FIELDS} fields",
+    )
+    parsed = tuple(_parse_field(entry, k) for k, entry in enumerate(fields))
+    for side in ("left", "right"):
+        columns = [getattr(f, side) for f in parsed]
+        _require(len(set(columns)) == len(columns), f"[linkage] links a {side} column twice")
+    _require(
+        any(f.kind != "exact" for f in parsed),
+        '[linkage] needs at least one field of kind "name", "text" or "date"',
+    )
+    threshold = table.get("threshold", DEFAULT_THRESHOLD)
+    _require(
+        isinstance(threshold, (int, float))
+        and not isinstance(threshold, bool)
+        and 0.5 <= threshold < 1,
+        "[linkage] `threshold` is a match probability in [0.5, 1)",
+    )
+    return Linkage("fuzzy", parsed, float(threshold))
 
 
 def parse(doc: dict[str, Any]) -> LinkedJob:
@@ -113,7 +217,8 @@ def parse(doc: dict[str, Any]) -> LinkedJob:
     _require(not unknown, f"unknown field(s) in {KIND} job: {', '.join(sorted(unknown))}")
     helper = doc.get("helper")
     _require(isinstance(helper, str) and bool(helper), "`helper` must name the third party")
-    left, right = _parse_side(doc, "left"), _parse_side(doc, "right")
+    linkage = parse_linkage(doc)
+    left, right = _parse_side(doc, "left", linkage), _parse_side(doc, "right", linkage)
     shared = set(left.by) & set(right.by)
     _require(
         not shared,
@@ -130,7 +235,7 @@ def parse(doc: dict[str, Any]) -> LinkedJob:
         not disclosure.margins or all(TOTAL not in domains[c] for c in left.by + right.by),
         f"with `margins`, no domain may contain {TOTAL!r}",
     )
-    job = LinkedJob(helper, left, right, domains, other, disclosure)
+    job = LinkedJob(helper, left, right, domains, other, disclosure, linkage)
     for name, side in (("left", left), ("right", right)):
         _require(
             job.width(side) <= MAX_SIDE_CELLS,

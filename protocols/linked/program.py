@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -26,11 +27,12 @@ from jointstats.errors import PeerError
 from jointstats.protocols import disclosure
 from jointstats.protocols.base import SessionContext
 from jointstats.protocols.crosstab import TOTAL
-from jointstats.protocols.linked import wire
+from jointstats.protocols.linked import fuzzy, match, wire
 from jointstats.protocols.linked.job import KIND, LinkedJob
 from jointstats.protocols.linked.records import MAX_RECORDS, WEIGHT_SCALE, Records
 from jointstats.protocols.release import Release, entry_indices, release
 
+log = logging.getLogger(__name__)
 SECINT_BITS = 64  # its field (~2^96) holds T + r < 2^64 exactly
 MASK_BITS = 63  # r < 2^63 hides T <= n with statistical distance n / 2^63
 HOLDS = {"A": ("AH", "AB"), "B": ("AB", "BH"), "H": ("BH", "AH")}  # (first, second) share
@@ -46,6 +48,7 @@ class Shared:
     u: Shares  # its two shares of U_M (left one-hot, matched rows)
     v: Shares  # its two shares of V_M (right one-hot and weighted copy)
     seeds: dict[str, bytes]  # seeds of the two pairs it belongs to (for zero sharings)
+    linkage: dict[str, Any] | None = None  # fuzzy linkage: H's quality figures, as released
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,20 @@ async def holder(job: LinkedJob, ctx: SessionContext, roles: Roles, records: Rec
     w_me, w_peer = (w_u, w_v) if left else (w_v, w_u)
     with phase(ctx, "tag"):
         keys = await wire.agree_keys(channel, ctx.pid, peer)
-        tags = await asyncio.to_thread(wire.tags, records.keys, keys.tag)
-        await wire.send_array(channel, roles.h, tags)
-        del tags
+        if job.linkage.fuzzy:
+            fields = list(job.linkage.fields)
+            arrays = await asyncio.to_thread(fuzzy.encode, records.fields, fields, keys.tag)
+        else:
+            arrays = [await asyncio.to_thread(wire.tags, records.keys, keys.tag)]
+        for array in arrays:
+            await wire.send_array(channel, roles.h, array)
+        del arrays
     with phase(ctx, "match"):
         # the matched positions index the other side's records: never more than ours
         index = await wire.recv_array(channel, roles.h, np.uint32, 1, len(records))
         index = index[:, 0].astype(np.int64)  # the other holder's positions, in match order
-    n = len(index)
+        n = len(index)
+        linkage = await _recv_quality(job, ctx, roles, n) if job.linkage.fuzzy else None
     with phase(ctx, "share"):
         seed = secrets.token_bytes(32)
         channel.send(roles.h, seed)
@@ -135,25 +144,82 @@ async def holder(job: LinkedJob, ctx: SessionContext, roles: Roles, records: Rec
         await wire.send_array(channel, roles.h, to_h)
         theirs = {"AB": theirs_ab, pair_h: to_h + await _recv_exact(ctx, roles.h, w_peer, n)}
     seeds = {"AB": keys.zero, pair_h: seed}
-    return Shared(n, *((mine, theirs) if left else (theirs, mine)), seeds)
+    return Shared(n, *((mine, theirs) if left else (theirs, mine)), seeds, linkage)
+
+
+async def _recv_quality(job: LinkedJob, ctx: SessionContext, roles: Roles, n: int) -> dict:
+    """H's quality figures for the metadata, checked (sizes, ranges, histogram adds up to n)."""
+    figures = await _recv_exact(ctx, roles.h, 1, 2 + match.HISTOGRAM_BINS)
+    linkage = match.quality_metadata(figures[:, 0], job.linkage.threshold, n)
+    if linkage is None:
+        raise PeerError("the helper sent malformed linkage quality figures")
+    return {"method": "fuzzy", "threshold": job.linkage.threshold, **linkage}
+
+
+async def _recv_encodings(
+    job: LinkedJob, ctx: SessionContext, pid: int
+) -> tuple[int, list[np.ndarray]]:
+    """One holder's encodings (one array per field, then blocking keys), all of one length."""
+    widths = [fuzzy.width(f.kind) for f in job.linkage.fields]
+    widths.append(len(fuzzy.passes(job.linkage.fields)))
+    first = await wire.recv_array(ctx.channel, pid, np.uint64, widths[0], MAX_RECORDS)
+    rest = [await _recv_exact(ctx, pid, w, len(first)) for w in widths[1:]]
+    return len(first), [first, *rest]
+
+
+async def _fuzzy_match(
+    job: LinkedJob, ctx: SessionContext, roles: Roles
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """H: receive both sides' encodings, link them (protocols.linked.match); returns the sizes,
+    the assigned pairs and the quality figures that A and B will receive."""
+    with phase(ctx, "tag"):
+        size_a, left = await _recv_encodings(job, ctx, roles.a)
+        size_b, right = await _recv_encodings(job, ctx, roles.b)
+    with phase(ctx, "match"):
+        kinds = [f.kind for f in job.linkage.fields]
+        rng = np.random.default_rng(secrets.randbits(128))
+        blocked = fuzzy.blocked_fields(job.linkage.fields)
+        threshold = job.linkage.threshold
+        out = await asyncio.to_thread(match.link, kinds, blocked, left, right, threshold, rng)
+        del left, right
+        for name, seconds in out.seconds.items():
+            ctx.timings[f"match_{name}"] = round(seconds, 4)
+        log.info(
+            "fuzzy linkage: %d candidate pairs, %.3g field comparisons/s, %d pairs assigned",
+            out.candidates, out.comparisons_per_second, len(out.i),
+        )  # fmt: skip
+    figures = match.quality(out.probability, out.recall_estimate, threshold)[:, None]
+    return size_a, size_b, out.i, out.j, figures
 
 
 async def helper(job: LinkedJob, ctx: SessionContext, roles: Roles) -> Shared:
     """H: join the tags, send each holder the other's matched positions, finish the sharing."""
     channel = ctx.channel
     w_u, w_v = widths(job)
-    with phase(ctx, "tag"):
-        tags_a = await wire.recv_array(channel, roles.a, np.uint8, wire.TAG_BYTES, MAX_RECORDS)
-        tags_b = await wire.recv_array(channel, roles.b, np.uint8, wire.TAG_BYTES, MAX_RECORDS)
-    size_a, size_b = len(tags_a), len(tags_b)
+    figures = None
+    if job.linkage.fuzzy:
+        size_a, size_b, i, j, figures = await _fuzzy_match(job, ctx, roles)
+    else:
+        with phase(ctx, "tag"):
+            tags_a = await wire.recv_array(channel, roles.a, np.uint8, wire.TAG_BYTES, MAX_RECORDS)
+            tags_b = await wire.recv_array(channel, roles.b, np.uint8, wire.TAG_BYTES, MAX_RECORDS)
+        size_a, size_b = len(tags_a), len(tags_b)
+        with phase(ctx, "match"):
+            i, j = await asyncio.to_thread(wire.match, tags_a, tags_b)
+            del tags_a, tags_b
     with phase(ctx, "match"):
-        i, j = await asyncio.to_thread(wire.match, tags_a, tags_b)
-        del tags_a, tags_b
         order = np.random.default_rng(secrets.randbits(128)).permutation(len(i))
         i, j = i[order], j[order]
         await wire.send_array(channel, roles.b, i.astype(np.uint32)[:, None])
         await wire.send_array(channel, roles.a, j.astype(np.uint32)[:, None])
+        if figures is not None:
+            await wire.send_array(channel, roles.a, figures)
+            await wire.send_array(channel, roles.b, figures)
     n = len(i)
+    linkage = None
+    if figures is not None:
+        linkage = match.quality_metadata(figures[:, 0], job.linkage.threshold, n)
+        linkage = {"method": "fuzzy", "threshold": job.linkage.threshold, **(linkage or {})}
     with phase(ctx, "share"):
         seed_a = _seed(await channel.recv(roles.a), "the left node")
         seed_b = _seed(await channel.recv(roles.b), "the right node")
@@ -166,7 +232,7 @@ async def helper(job: LinkedJob, ctx: SessionContext, roles: Roles) -> Shared:
         u_bh = u_rest + await _recv_exact(ctx, roles.b, w_u, n)
         v_ah = v_rest + await _recv_exact(ctx, roles.a, w_v, n)
     seeds = {"AH": seed_a, "BH": seed_b}
-    return Shared(n, {"AH": u_ah, "BH": u_bh}, {"AH": v_ah, "BH": v_bh}, seeds)
+    return Shared(n, {"AH": u_ah, "BH": u_bh}, {"AH": v_ah, "BH": v_bh}, seeds, linkage)
 
 
 def partial_product(me: str, u: Shares, v: Shares) -> np.ndarray:
@@ -257,6 +323,7 @@ def result(
     n: int,
     outcome: Release,
     sums: list[int | None],
+    linkage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     columns = [*job.left.by, *job.right.by, "count"]
     columns += ["weighted_count"] if job.weighted else []
@@ -282,6 +349,8 @@ def result(
         "matched": n,
         "timings": dict(ctx.timings),
     }
+    if linkage is not None:  # fuzzy: H's figures, sent to A and B, identical at all three
+        metadata["linkage"] = linkage
     return {"columns": [*columns, "suppressed"], "rows": rows, "metadata": metadata}
 
 
@@ -292,7 +361,7 @@ async def run(job: LinkedJob, ctx: SessionContext, records: Records | None) -> d
         shared = await holder(job, ctx, roles, records)
     else:
         shared = await helper(job, ctx, roles)
-    n = shared.n
+    n, linkage = shared.n, shared.linkage
     with phase(ctx, "product"):
         partial = await asyncio.to_thread(partial_product, roles.me, shared.u, shared.v)
         partial += zero_share(roles.me, shared.seeds, partial.shape)
@@ -300,6 +369,6 @@ async def run(job: LinkedJob, ctx: SessionContext, records: Records | None) -> d
     with phase(ctx, "disclose"):
         outcome, sums = await disclose(job, ctx, roles, n, partial)
     started = time.perf_counter()
-    doc = result(job, ctx, n, outcome, sums)
+    doc = result(job, ctx, n, outcome, sums, linkage)
     doc["metadata"]["timings"]["release"] = round(time.perf_counter() - started, 4)
     return doc

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jointstats.errors import DataError
+from jointstats.protocols.linked import fuzzy
 from jointstats.protocols.linked.job import LinkedJob, Side
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,14 @@ MAX_RECORDS = (1 << 31) - 1  # index lists travel as uint32
 class Records:
     """One side's records after cleaning, in a fresh secret order (index i or j of §5.2)."""
 
-    keys: pa.Array  # normalized keys (strings), one per record
+    keys: pa.Array | None  # normalized keys (strings), one per record; None with fuzzy linkage
     cells: np.ndarray  # int64 cell index of the side's `by` combination, in [0, width)
     weights: np.ndarray | None  # uint64 weights in millionths (right side with `weight`)
     seconds: float  # time spent here
     read: int = 0  # records in the dataset
     empty_keys: int = 0  # dropped: key empty after normalization
     duplicates: int = 0  # dropped: key repeated (duplicates = "first")
+    fields: list[pa.Array] | None = None  # fuzzy: normalized linkage fields (null = missing)
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -123,6 +125,33 @@ def _weights(side: Side, table: pa.Table, dataset: str) -> np.ndarray:
     return scaled.astype(np.uint64)
 
 
+def prepare_fuzzy(job: LinkedJob, side: Side, table: pa.Table, started: float) -> Records:
+    """Fuzzy linkage: normalize each linkage field (bad values become missing evidence), keep
+    every record (1:1 assignment at H replaces duplicate resolution), shuffle."""
+    name = "left" if side is job.left else "right"
+    fields = []
+    for field, column in zip(job.linkage.fields, side.link, strict=True):
+        values = table[column].combine_chunks()
+        normalized = fuzzy.normalize_column(values, fuzzy.normalizer(field, name))
+        missing = normalized.null_count
+        if missing:
+            log.info("dataset %s, column %s: %d values missing or unusable", side.dataset,
+                     column, missing)  # fmt: skip
+        fields.append(normalized)
+    cells = _cells(job, side, table, side.dataset)
+    weights = _weights(side, table, side.dataset) if side.weight else None
+    order = np.random.default_rng(secrets.randbits(128)).permutation(len(cells))
+    taken = pa.array(order)
+    return Records(
+        None,
+        cells[order],
+        weights[order] if weights is not None else None,
+        time.perf_counter() - started,
+        table.num_rows,
+        fields=[f.take(taken) for f in fields],
+    )
+
+
 def prepare(job: LinkedJob, side: Side, node: str, sources: dict[str, Any]) -> Records:
     started = time.perf_counter()
     if side.dataset not in sources:
@@ -132,6 +161,9 @@ def prepare(job: LinkedJob, side: Side, node: str, sources: dict[str, Any]) -> R
     read = table.num_rows
     if table.num_rows > MAX_RECORDS:
         raise DataError(f"dataset {dataset}: more than {MAX_RECORDS} records")
+    if job.linkage.fuzzy:
+        return prepare_fuzzy(job, side, table, started)
+    assert side.key is not None
     keys = normalize_keys(table[side.key].combine_chunks(), side.normalize)
     present = pc.fill_null(pc.greater(pc.utf8_length(keys), 0), False)
     empty = table.num_rows - pc.sum(present).as_py() if table.num_rows else 0
