@@ -59,19 +59,6 @@ def node_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
     asyncio.run(serve(NodeConfig.load(config)))
 
 
-@node_app.command("check")
-def node_check(config: Annotated[Path, typer.Argument(help="Node config (TOML).")]) -> None:
-    """Validate every dataset (readable, declared columns and types); print rows, columns,
-    types and null counts, never a value."""
-    from jointstats.config import NodeConfig
-    from jointstats.node.check import check_node, summary_lines
-
-    for summary in check_node(NodeConfig.load(config)):
-        for line in summary_lines(summary):
-            out.print(line, highlight=False, markup=False)
-    out.print("all datasets ok", highlight=False)
-
-
 @keys_app.command("new")
 def keys_new(
     name: Annotated[str, typer.Option(help="Member name as it appears in the roster.")],
@@ -271,6 +258,9 @@ def demo(
     from jointstats.demo import run_demo
 
     run_demo(out, err, workdir, rows)
+
+
+import jointstats.cli_owner  # noqa: E402, F401 (registers node check|grants|rehearse|console)
 
 
 def main() -> None:
