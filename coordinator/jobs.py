@@ -2,6 +2,11 @@
 
 submitted -> (every party accepts) -> running -> (every party reports the same table) -> released
           -> (a party refuses, fails, disconnects, or time runs out)             -> failed
+
+A party may hold the offer for its operator's approval: it reports "waiting", and the job's
+deadline moves to the analyst's signed expiry (plus a grace for the node's own refusal).
+While the job is in the offer phase, a party that disconnects does not fail it: its decision
+is forgotten and the offer is sent again when it reconnects (its approval queue survives).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -29,6 +35,7 @@ from .relay import Relay
 from .store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
+APPROVAL_GRACE_SECONDS = 5.0  # past the signed expiry: the waiting node refuses first
 
 
 @dataclass
@@ -50,6 +57,7 @@ class ActiveJob:
     signatures: dict[str, bytes] = field(default_factory=dict)
     session_id: str = ""
     deadline: asyncio.TimerHandle | None = None
+    expires: float = 0.0  # the analyst's signed expiry
 
 
 class JobManager:
@@ -100,20 +108,11 @@ class JobManager:
         record = JobRecord(envelope.job_id, signed.envelope, signed.signature, caller)
         record.nodes = {p: {"state": "offered", "reason": ""} for p in plan.parties}
         self.store.save(record)
-        active = ActiveJob(record, plan, protocol.disclosure(job))
+        active = ActiveJob(record, plan, protocol.disclosure(job), expires=envelope.expires)
         self.active[record.job_id] = active
-        active.deadline = asyncio.get_running_loop().call_later(
-            self.job_timeout, self._expire, record.job_id
-        )
-        offer = wire_pb2.JobOffer(
-            job_id=record.job_id,
-            envelope=record.envelope,
-            signature=record.signature,
-            parties=list(plan.parties),
-            data_parties=list(plan.data_parties),
-        )
+        self._arm(active, self.job_timeout)
         for party in plan.parties:
-            self._send(party, wire_pb2.CoordinatorMessage(offer=offer))
+            self._offer(active, party)
         log.info("JOB_SUBMITTED job=%s analyst=%s parties=%s", record.job_id, caller, plan.parties)
         self.audit.append(
             "JOB_SUBMITTED",
@@ -124,9 +123,35 @@ class JobManager:
         )
         return record.job_id
 
+    def _offer(self, active: ActiveJob, party: str) -> None:
+        offer = wire_pb2.JobOffer(
+            job_id=active.record.job_id,
+            envelope=active.record.envelope,
+            signature=active.record.signature,
+            parties=list(active.plan.parties),
+            data_parties=list(active.plan.data_parties),
+        )
+        self._send(party, wire_pb2.CoordinatorMessage(offer=offer))
+
+    def _arm(self, active: ActiveJob, seconds: float) -> None:
+        if active.deadline is not None:
+            active.deadline.cancel()
+        active.deadline = asyncio.get_running_loop().call_later(
+            max(0.0, seconds), self._expire, active.record.job_id
+        )
+
+    def _waiting(self, active: ActiveJob) -> list[str]:
+        return [n for n, s in active.record.nodes.items() if s["state"] == "waiting"]
+
     def _expire(self, job_id: str) -> None:
         active = self.active.get(job_id)
         if active is None:
+            return
+        waiting = self._waiting(active)
+        if waiting:
+            self.fail(
+                job_id, f"not approved at {', '.join(waiting)} before the job's signed expiry"
+            )
             return
         waiting = [n for n, s in active.record.nodes.items() if s["state"] not in ("done",)]
         self.fail(
@@ -146,7 +171,10 @@ class JobManager:
             self.fail(decision.job_id, f"node {node} refused: {decision.reason}", culprit=node)
             return
         active.floors[node] = (decision.min_cell_floor, decision.protection_floor)
+        was_waiting = active.record.nodes[node]["state"] == "waiting"
         self._set_node(active, node, "accepted")
+        if was_waiting and not self._waiting(active):  # approved: the normal clock again
+            self._arm(active, self.job_timeout)
         if len(active.floors) == len(active.plan.parties):
             self._start_session(active)
 
@@ -176,6 +204,10 @@ class JobManager:
         if report.state == "failed":
             self._set_node(active, node, "failed", report.reason)
             self.fail(report.job_id, f"node {node}: {report.reason}", culprit=node)
+        elif report.state == "waiting" and active.record.state == "submitted":
+            self._set_node(active, node, "waiting", report.reason)  # for its operator
+            active.floors.pop(node, None)
+            self._arm(active, active.expires - time.time() + APPROVAL_GRACE_SECONDS)
         elif report.state == "running":
             self._set_node(active, node, "running", report.reason)  # reason = current phase
         elif report.state == "done":
@@ -247,13 +279,32 @@ class JobManager:
         self.active.pop(active.record.job_id, None)
 
     def on_disconnect(self, node: str, conn: NodeConn) -> None:
-        """The node's current stream ended: fail its jobs. An older, replaced stream is ignored."""
+        """The node's current stream ended: fail its running jobs; keep those still in the
+        offer phase (to offer again on reconnect). An older, replaced stream is ignored."""
         if self.nodes.get(node) is not conn:
             return
         del self.nodes[node]
         for job_id, active in list(self.active.items()):
-            if node in active.plan.parties:
+            if node not in active.plan.parties:
+                continue
+            if active.record.state == "submitted":
+                active.floors.pop(node, None)
+                state = active.record.nodes[node]["state"]
+                kept = "waiting" if state == "waiting" else "offered"
+                self._set_node(active, node, kept, "disconnected; offered again on reconnect")
+            else:
                 self.fail(job_id, f"node {node} disconnected during the job", culprit=node)
+
+    def on_connect(self, node: str) -> None:
+        """A node (re)connected: offer it again the jobs still waiting for its decision."""
+        for active in list(self.active.values()):
+            if (
+                active.record.state == "submitted"
+                and node in active.plan.parties
+                and node not in active.floors
+                and active.record.nodes[node]["reason"].startswith("disconnected")
+            ):
+                self._offer(active, node)
 
     def status(self, job_id: str, caller: str) -> JobRecord:
         """A job's record, for the analyst who submitted it only."""

@@ -168,6 +168,7 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
         if old is not None:
             self.jobs.on_disconnect(name, old)  # (its stream has ended; its jobs fail)
         self.jobs.nodes[name] = conn
+        self.jobs.on_connect(name)  # jobs still in their offer phase are offered again
         log.info("NODE_CONNECTED node=%s datasets=%s", name, sorted(conn.datasets))
 
     async def _read_node(self, name: str, conn: NodeConn, request_iterator) -> None:

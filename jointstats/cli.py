@@ -260,6 +260,7 @@ def demo(
     run_demo(out, err, workdir, rows)
 
 
+import jointstats.cli_approval  # noqa: E402, F401 (registers node pending|show|approve|deny)
 import jointstats.cli_owner  # noqa: E402, F401 (registers node check|grants|rehearse|console)
 
 

@@ -73,10 +73,12 @@ def audit_show(file: Annotated[Path, typer.Argument(help="The audit log (audit.j
     for column in table.columns[:3]:
         column.no_wrap = True
     table.columns[-1].overflow = "fold"
+    egress: dict[str, dict[str, Any]] = {}  # job -> statement, sent
     with open(file, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
                 entry = json.loads(raw)
+                _collect_egress(egress, entry)
                 time = str(entry["time"])[:19].replace("T", " ")
                 cells = [str(entry["seq"]), time, str(entry["event"]), str(entry["job_id"])]
                 cells += [_short(str(entry["principal"])), _summary(entry["fields"])]
@@ -85,5 +87,34 @@ def audit_show(file: Annotated[Path, typer.Argument(help="The audit log (audit.j
             style = "red" if number == report.first_bad_line else None
             table.add_row(*(Text(cell, style=style) for cell in cells))
     out.print(table)
+    _print_egress(egress)
     if not report.ok:
         raise _fail(file, report)
+
+
+def _collect_egress(egress: dict[str, dict[str, Any]], entry: Any) -> None:
+    """The egress statement (JOB_ACCEPTED or JOB_QUEUED) and what was sent (RESULT_RELEASED)."""
+    fields = entry.get("fields") if isinstance(entry, dict) else None
+    if not isinstance(fields, dict):
+        return
+    if isinstance(fields.get("egress"), dict):
+        egress.setdefault(str(entry["job_id"]), {})["statement"] = fields["egress"]
+    if entry.get("event") == "RESULT_RELEASED" and isinstance(fields.get("sent"), list):
+        egress.setdefault(str(entry["job_id"]), {})["sent"] = fields["sent"]
+
+
+def _print_egress(egress: dict[str, dict[str, Any]]) -> None:
+    """Per job that ran: the statement made before it, then the bytes sent per peer, kind
+    and phase beside the statement's prediction (payload bytes, without framing)."""
+    from jointstats.node.egress import render, sent_lines
+
+    for job_id, parts in egress.items():
+        if "sent" not in parts:
+            continue
+        out.print(f"job {job_id}: egress statement", markup=False, highlight=False)
+        if "statement" in parts:
+            for line in render(parts["statement"]):
+                out.print("  " + line, markup=False, highlight=False, soft_wrap=True)
+        out.print(f"job {job_id}: sent (peer, kind, phase)", markup=False, highlight=False)
+        for line in sent_lines(parts.get("statement"), parts["sent"]):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)

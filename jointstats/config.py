@@ -22,6 +22,7 @@ NODE_KEYS = {
 POLICY_KEYS = {
     "min_cell", "kinds", "max_cells", "max_rows", "partners", "analysts", "budgets",
     "require_epsilon", "require_epsilon_datasets", "pool_with", "protection",
+    "approval", "approval_datasets", "approval_analysts",
 }  # fmt: skip
 
 
@@ -132,6 +133,11 @@ class Policy:
     require_epsilon: bool = False
     require_epsilon_datasets: tuple[str, ...] = ()
     pool_with: tuple[str, ...] = ()  # empty = any input set
+    # "manual": accepted jobs wait for the operator (`jointstats node approve`), only those on
+    # the listed datasets / by the listed analysts (names or fingerprints) when lists are given
+    approval: str = "auto"
+    approval_datasets: tuple[str, ...] = ()
+    approval_analysts: tuple[str, ...] = ()
 
     def allows_partner(self, node: str) -> bool:
         return "*" in self.partners or node in self.partners
@@ -163,7 +169,12 @@ class Policy:
         if not isinstance(require_epsilon, bool):
             raise ConfigError(f"{source}: policy require_epsilon must be true or false")
         names: dict[str, tuple[str, ...]] = {}
-        for key in ("require_epsilon_datasets", "pool_with"):
+        for key in (
+            "require_epsilon_datasets",
+            "pool_with",
+            "approval_datasets",
+            "approval_analysts",
+        ):
             value = doc.get(key, [])
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: policy {key} must be a list of names")
@@ -181,6 +192,9 @@ class Policy:
             require_epsilon=require_epsilon,
             require_epsilon_datasets=names["require_epsilon_datasets"],
             pool_with=names["pool_with"],
+            approval=_approval(doc.get("approval", "auto"), source),
+            approval_datasets=names["approval_datasets"],
+            approval_analysts=names["approval_analysts"],
         )
 
     @classmethod
@@ -190,6 +204,12 @@ class Policy:
             path = (base / spec).resolve()
             return cls.from_doc(_read(path), path)
         return cls.from_doc(spec, source)
+
+
+def _approval(value: Any, source: Path) -> str:
+    if value not in ("auto", "manual"):
+        raise ConfigError(f'{source}: policy approval must be "auto" or "manual"')
+    return str(value)
 
 
 def load_datasets(doc: dict[str, Any], base: Path, source: Path) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ from jointstats.results import Result
 def _describe(status: JobStatus) -> str:
     """One line: the job's state and each node's state or current phase."""
     parts = ", ".join(
-        f"{node}: {reason if state == 'running' and reason else state}"
+        f"{node}: {reason if state in ('running', 'waiting') and reason else state}"
         for node, (state, reason) in status.nodes.items()
     )
     return escape(f"job {status.job_id} {status.state} ({parts})")

@@ -211,3 +211,34 @@ def check_contribution(node: str, job_id: str, max_rows: int, facts: dict[str, A
     if max_rows and facts.get("rows_used", 0) > max_rows:
         log.warning("job %s: %d rows, max_rows %d", job_id, facts["rows_used"], max_rows)
         raise RefusedError("the job would use more rows than this node's policy allows (max_rows)")
+
+
+def needs_approval(policy: Policy, decision: Decision) -> bool:
+    """Whether an accepted offer waits for the operator (`approval = "manual"`, narrowed to
+    the listed datasets and analysts, by name or signing fingerprint, when lists are given)."""
+    if policy.approval != "manual" or decision.envelope is None:
+        return False
+    if policy.approval_datasets and not set(decision.columns or {}) & set(policy.approval_datasets):
+        return False
+    analyst = {decision.envelope.analyst, decision.analyst_fingerprint}
+    return not policy.approval_analysts or bool(analyst & set(policy.approval_analysts))
+
+
+def recheck(
+    config: NodeConfig, roster: Roster, offer: Offer, epsilon: float, now: float | None = None
+) -> Decision:
+    """A queued offer again, when the operator approves it or the node restarts: signature and
+    expiry, the session, and this node's policy as it is now (an operator who tightened the
+    policy meanwhile is obeyed). Replay and budget were settled when the offer arrived (its
+    epsilon stays charged until it is refunded); raises RefusedError or AuthError."""
+    envelope = verify_job(offer.signed, roster, now)
+    protocol, job = parse_job(envelope.job)
+    _check_session(config.name, roster, protocol, job, offer, envelope)
+    columns = protocol.columns_used(job, config.name) if config.name in offer.data_parties else {}
+    for dataset in columns:
+        if dataset not in config.datasets:
+            raise RefusedError(f"this node does not serve dataset {dataset!r}")
+    fingerprint = roster.get(envelope.analyst).signing_fingerprint
+    _check_policy(config.policy, config.name, fingerprint, protocol.kind, offer, columns)
+    _check_differencing(config.policy, config.name, protocol.kind, offer, columns, epsilon)
+    return Decision(True, "", envelope, protocol, job, fingerprint, columns, epsilon)

@@ -8,6 +8,12 @@ Relay stream of this party and demultiplexes frames to the PeerLinks. Messages a
 What a peer sent and this party has not read yet (chunks of a message, messages for later MPC
 steps, protocol messages in the data queue) is bounded per peer, much lower before that
 peer's handshake is accepted; a peer over the bound fails the session with a PeerError.
+
+What this party sends is counted per peer, message kind and session phase (`PeerLink.sent`):
+messages, payload bytes (what the protocol or MPyC handed over) and sealed bytes. A sealed
+message is its payload plus 1 kind byte, 8 program-counter bytes (MPC only) and a 16-byte
+Poly1305 tag; the relay adds ~40 bytes of frame per 1 MiB chunk, and TLS its own records.
+The node's audit log records these counts after each job (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from jointstats.transport import CHUNK_BYTES, PairSeal, channel_credentials, cha
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
 MPC, PRSS, BYE, DATA = 0, 1, 2, 3
+KIND_NAMES = {MPC: "MPC", PRSS: "PRSS", BYE: "BYE", DATA: "DATA"}
+HANDSHAKE = "HANDSHAKE"  # the signed hello that opens each pair's sealed channel (unsealed)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # one sealed message, reassembled from chunks
 MAX_BUFFERED_BYTES = 512 * 1024 * 1024  # received from one peer, not yet read by the session
 MAX_EARLY_BYTES = 1024 * 1024  # the same, before the peer's handshake is accepted
@@ -51,6 +59,9 @@ class PeerLink:
         self.peer_pid = peer_pid
         self.seal = seal
         self.nbytes_sent = 0
+        self.sent: dict[
+            tuple[str, str], list[int]
+        ] = {}  # (kind, phase) -> messages, payload, sealed
         self.buffers: dict[int, object] = {}
         self._chunks: list[bytes] = []
         self._chunk_bytes = 0
@@ -61,13 +72,24 @@ class PeerLink:
         self.bye: asyncio.Future[None] = link.loop.create_future()
         self.data: asyncio.Queue[bytes] = _ReadQueue(self._read)  # protocol messages, in order
 
-    def _send_sealed(self, kind: int, body: bytes) -> None:
+    def _count(self, kind: str, payload: int, sealed: int) -> None:
+        counts = self.sent.setdefault((kind, self._link.phase), [0, 0, 0])
+        counts[0] += 1
+        counts[1] += payload
+        counts[2] += sealed
+
+    def _send_sealed(self, kind: int, body: bytes, payload: int | None = None) -> None:
         message = self.seal.seal(bytes([kind]) + body)
         self.nbytes_sent += len(message)
+        self._count(KIND_NAMES[kind], len(body) if payload is None else payload, len(message))
         self._link.send_message(self.peer_pid, message)
 
+    def send_handshake(self, hello: bytes) -> None:
+        self._count(HANDSHAKE, len(hello), len(hello))
+        self._link.send_message(self.peer_pid, hello)
+
     def send(self, pc: int, payload: bytes) -> None:
-        self._send_sealed(MPC, struct.pack("<q", pc) + bytes(payload))
+        self._send_sealed(MPC, struct.pack("<q", pc) + bytes(payload), len(payload))
 
     def send_prss(self, keys: bytes) -> None:
         self._send_sealed(PRSS, keys)
@@ -180,6 +202,16 @@ class RelayLink:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self.phase = "connect"  # the session phase, for the counts of what was sent
+
+    def sent(self, parties: list[str]) -> list[dict[str, int | str]]:
+        """What this party sent, per peer (by name), kind and phase, in a stable order."""
+        return [
+            {"to": parties[pid], "kind": kind, "phase": phase, "messages": m, "payload_bytes": p,
+             "bytes": b}
+            for pid, peer in sorted(self.peers.items())
+            for (kind, phase), (m, p, b) in sorted(peer.sent.items())
+        ]  # fmt: skip
 
     def add_peer(self, peer_pid: int) -> PeerLink:
         link = PeerLink(

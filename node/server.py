@@ -17,6 +17,7 @@ from jointstats.audit import AuditLog
 from jointstats.config import NodeConfig
 from jointstats.errors import ConfigError, JointstatsError
 from jointstats.keys import Identity, RosterFile
+from jointstats.protocols.base import Plan
 from jointstats.session import (
     SessionDescription,
     SessionSpec,
@@ -28,6 +29,8 @@ from jointstats.signing import SignedJob
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
+from .approval import ApprovalDesk
+from .egress import statement
 from .policy import (
     Decision,
     Offer,
@@ -35,6 +38,7 @@ from .policy import (
     check_release,
     check_session_start,
     decide,
+    needs_approval,
 )
 from .state import NodeState
 from .workers import WorkerPool
@@ -63,6 +67,7 @@ class Node:
         self.offers: dict[str, tuple[Decision, wire_pb2.JobOffer]] = {}
         self.abort_reasons: dict[str, str] = {}
         self.slots = asyncio.Semaphore(config.max_sessions)
+        self.desk = ApprovalDesk(self)  # jobs held for the operator (policy approval)
 
     def _send(self, **kind: Any) -> None:
         self.outbox.put_nowait(wire_pb2.NodeMessage(**kind))
@@ -74,6 +79,7 @@ class Node:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.pool.warm()
+        watcher = asyncio.create_task(self.desk.watch())
         attempt = 0
         while not stop.is_set():
             try:
@@ -94,6 +100,7 @@ class Node:
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+        watcher.cancel()
         await self._shutdown()
 
     async def _connect_once(self, stop: asyncio.Event) -> None:
@@ -132,6 +139,8 @@ class Node:
         if self.roster_file.refresh():
             log.info("ROSTER_RELOADED members=%s", sorted(self.roster.members))
         signed = SignedJob(offer.envelope, offer.signature)
+        if self._offered_before(offer):
+            return
         self.audit.append(
             "JOB_RECEIVED",
             offer.job_id,
@@ -159,6 +168,8 @@ class Node:
         )
         principal = decision.envelope.analyst if decision.envelope else ""
         if decision.accept:
+            held = needs_approval(self.config.policy, decision)
+            plan = Plan(tuple(offer.parties), tuple(offer.data_parties))
             self.audit.append(
                 "JOB_ACCEPTED",
                 offer.job_id,
@@ -167,8 +178,19 @@ class Node:
                     "analyst_fingerprint": decision.analyst_fingerprint,
                     "columns": decision.columns or {},
                     "epsilon_charged": decision.epsilon,
+                    "approval": "manual" if held else "auto",
+                    # a held job's statement (with this node's row count) goes in JOB_QUEUED
+                    **(
+                        {}
+                        if held
+                        else {"egress": statement(self.config, self.state, decision, plan, None)}
+                    ),
                 },
             )
+            if held:
+                self.offers.pop(offer.job_id, None)
+                self.desk.hold(decision, offer)
+                return
         else:
             self.audit.append("JOB_REFUSED", offer.job_id, **{"reason": decision.reason})
         self._send(
@@ -180,6 +202,15 @@ class Node:
                 protection_floor=self.config.policy.protection,
             )
         )
+
+    def _offered_before(self, offer: wire_pb2.JobOffer) -> bool:
+        """The coordinator offers a job again after this node reconnected: answer as before
+        (accepted and not started, or in the approval queue) instead of as a replay."""
+        accepted = self.offers.get(offer.job_id)
+        if accepted is not None and accepted[1].envelope == offer.envelope:
+            self.desk._answer(offer.job_id, True)
+            return True
+        return self.desk.reoffered(offer)
 
     def _on_start(self, start: wire_pb2.SessionStart) -> None:
         accepted = self.offers.pop(start.job_id, None)
@@ -222,6 +253,7 @@ class Node:
         self.sessions[start.job_id] = asyncio.create_task(self._run_session(decision, description))
 
     def _on_abort(self, abort: wire_pb2.SessionAbort) -> None:
+        self.desk.withdraw(abort.job_id, abort.reason)  # (when it waits for approval)
         if self.offers.pop(abort.job_id, None) is not None:  # accepted, not started: log it too
             self.audit.append("SESSION_ABORTED", abort.job_id, reason=abort.reason)
             self._refund(abort.job_id, "aborted before its session started")

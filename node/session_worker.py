@@ -86,7 +86,8 @@ async def _connect(rt: Any, link: RelayLink, spec: SessionSpec, identity: Identi
     await link.open()
     peers = [p for p in range(len(spec.parties)) if p != spec.pid]
     for peer in peers:
-        link.send_message(peer, link.add_peer(peer).seal.hello(identity))
+        peer_link = link.add_peer(peer)
+        peer_link.send_handshake(peer_link.seal.hello(identity))
     for peer in peers:
         peer_link = link.peers[peer]
         hello = await _or_fail(link, peer_link.handshake, HANDSHAKE_SECONDS, spec.parties[peer])
@@ -171,8 +172,13 @@ async def run_session(
         channel,
         spec.description.digest,
     )
+
+    def phase(name: str) -> None:
+        link.phase = name  # what is sent from now on counts towards this phase
+        progress(name)
+
     try:
-        progress("connect")
+        phase("connect")
         mark = time.perf_counter()
         await _connect(rt, link, spec, identity)
         timings["connect"] = time.perf_counter() - mark
@@ -184,22 +190,33 @@ async def run_session(
             tuple(spec.data_parties),
             dict(spec.description.disclosure),
             channel=RelayChannel(link, spec),
-            progress=progress,
+            progress=phase,
         )
-        progress("mpc")
+        phase("mpc")
         result = await _or_fail(
             link, protocol.mpc_program(job, ctx, local), spec.timeout, "the session"
         )
         timings["mpc"] = time.perf_counter() - mark
+        phase("bye")
         await _goodbye(link, spec)
     finally:
         await link.close()
+    facts = {**facts, "sent": link.sent(spec.parties), "bytes_sent": bytes_by_peer(link, spec)}
     result["metadata"].update(job_id=spec.job_id, session_id=spec.session_id)
     result["session"] = spec.description.to_dict()
     result["metadata"].setdefault("timings", {}).update(
         {k: round(v, 4) for k, v in timings.items()}
     )
     return result, facts
+
+
+def bytes_by_peer(link: RelayLink, spec: SessionSpec) -> dict[str, dict[str, int]]:
+    """Sealed bytes this party sent, per peer and message kind (for the node's audit log)."""
+    totals: dict[str, dict[str, int]] = {}
+    for row in link.sent(spec.parties):
+        per_kind = totals.setdefault(str(row["to"]), {})
+        per_kind[str(row["kind"])] = per_kind.get(str(row["kind"]), 0) + int(row["bytes"])
+    return totals
 
 
 def _public_error(exc: BaseException) -> tuple[str, str]:

@@ -32,6 +32,48 @@ class Plan:
     data_parties: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Outflow:
+    """One kind of value that leaves a node for its partners (an egress statement's line).
+
+    `kind` and `phase` name the relay message kind (node/relay_link.py: MPC, DATA) and the
+    session phase that sends it, as the node's audit log records the bytes sent afterwards.
+    Per recipient: `values` values of `value_bytes` bytes each plus `header_bytes`, in
+    `messages` messages; `values` None when it is not known in advance (the matched count),
+    `at_most` when it is an upper bound."""
+
+    to: tuple[str, ...]
+    kind: str
+    phase: str
+    what: str
+    values: int | None = None
+    value_bytes: int = 0
+    messages: int | None = None
+    header_bytes: int = 0
+    at_most: bool = False
+
+    @property
+    def payload_bytes(self) -> int | None:
+        """Bytes per recipient as the protocol hands them to the relay link (no framing)."""
+        if self.values is None:
+            return None
+        return self.values * self.value_bytes + self.header_bytes
+
+    def text(self) -> str:
+        count = "" if self.values is None else f"{'up to ' if self.at_most else ''}{self.values:,} "
+        each = "each of " if len(self.to) > 1 else ""
+        return f"{count}{self.what} to {each}{', '.join(self.to)}"
+
+
+@dataclass(frozen=True)
+class Egress:
+    """A protocol's part of a node's egress statement (node/egress.py adds the rest)."""
+
+    outflows: tuple[Outflow, ...]
+    table: str  # the released table's shape
+    leakage: str  # what the partners learn, from the protocol's leakage statement
+
+
 class PartyChannel(Protocol):
     """Sealed, ordered messages between two parties of a session, outside MPyC."""
 
@@ -91,3 +133,7 @@ class JobProtocol(Protocol):
 
     async def mpc_program(self, job: Any, ctx: SessionContext, local: Any) -> dict[str, Any]:
         """Run the MPC part and return the released result document."""
+
+    def egress(self, job: Any, node: str, plan: Plan, rows: int | None) -> Egress:
+        """What leaves `node` and to whom, before the job runs; `rows` is the node's own row
+        count when the protocol needs it (linked jobs), None when unknown."""

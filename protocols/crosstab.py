@@ -33,7 +33,14 @@ import numpy as np
 
 from jointstats.errors import DataError, JobError
 from jointstats.protocols import disclosure
-from jointstats.protocols.base import MIN_PARTIES, FederationView, Plan, SessionContext
+from jointstats.protocols.base import (
+    MIN_PARTIES,
+    Egress,
+    FederationView,
+    Outflow,
+    Plan,
+    SessionContext,
+)
 from jointstats.protocols.release import Disclosure, WithDisclosure, parse_disclosure, release
 
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
@@ -42,7 +49,11 @@ WEIGHT_SCALE = 1_000_000  # weights travel as integers in millionths (as in link
 MAX_FIXED = float(1 << 58)  # per node and cell, so that the sum over nodes stays in SecInt(64)
 MAX_SCALED_WEIGHT = 1 << 62  # a node's scaled weight total; keeps the sum inside SecInt(64)
 OTHER = "other"
-FIELDS = {"kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure"}
+FIELDS = {
+    "kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure",
+    "purpose",
+}  # fmt: skip
+MAX_PURPOSE = 500  # characters of the signed `purpose` shown to approving operators
 TOTAL = "total"
 VERSION = 2  # bumped when the session's messages or the release rule change
 
@@ -111,6 +122,21 @@ def _parse_domains(doc: dict[str, Any], by: tuple[str, ...]) -> tuple[dict, bool
     return domains, other
 
 
+def check_purpose(doc: dict[str, Any]) -> None:
+    """`purpose`: optional free text, signed with the job and shown to approving operators."""
+    purpose = doc.get("purpose", "")
+    _require(
+        isinstance(purpose, str) and len(purpose) <= MAX_PURPOSE,
+        f"`purpose` must be text of at most {MAX_PURPOSE} characters",
+    )
+
+
+def share_bytes(bits: int) -> int:
+    """Bytes of one Shamir share of an MPyC SecInt(bits) on the wire (--mix32-64bit): MPyC 0.11
+    puts SecInt(l) in a prime field of l + 32 bits (its security parameter 30, plus 2)."""
+    return (bits + 32 + 7) // 8
+
+
 def _parse_sum(doc: dict[str, Any]) -> tuple[str | None, tuple[float, float] | None]:
     column = doc.get("sum")
     if column is None:
@@ -135,6 +161,7 @@ class Crosstab:
     def parse(self, doc: dict[str, Any]) -> CrosstabJob:
         unknown = set(doc) - FIELDS
         _require(not unknown, f"unknown field(s) in crosstab job: {', '.join(sorted(unknown))}")
+        check_purpose(doc)
         dataset = doc.get("dataset")
         _require(isinstance(dataset, str) and dataset, "`dataset` must name the dataset")
         by = _string_list(doc.get("by"), "by")
@@ -221,6 +248,9 @@ class Crosstab:
         """What this node's audit log records about its own contribution."""
         return {"rows_used": int(local[: job.n_cells].sum())}
 
+    def egress(self, job: CrosstabJob, node: str, plan: Plan, rows: int | None) -> Egress:
+        return egress(job, node, plan)
+
     async def mpc_program(
         self, job: CrosstabJob, ctx: SessionContext, local: np.ndarray | None
     ) -> dict[str, Any]:
@@ -230,6 +260,7 @@ class Crosstab:
         count_type = mpc.SecInt(64 if job.epsilon else 32)
         value_type = mpc.SecInt(64)
         n = job.n_cells
+        ctx.progress("input")
         senders = [ctx.pid_of(name) for name in _inputs(job, ctx)]
         mine = local if local is not None else np.zeros(n * len(job.measures), dtype=np.int64)
         measures = {"count": _shared_sum(mpc, count_type, mine[:n], senders)}
@@ -237,6 +268,9 @@ class Crosstab:
         if others:
             totals = _shared_sum(mpc, value_type, mine[n:], senders)
             measures |= {m: totals[i * n : (i + 1) * n] for i, m in enumerate(others)}
+        # every input is in (so this party's shares are sent): what follows is the release
+        await mpc.gather([m[0] for m in measures.values()])
+        ctx.progress("release")
         if job.epsilon:
             noise = disclosure.discrete_laplace_noise(mpc, count_type, n, job.epsilon)
             measures["count"] = [c + z for c, z in zip(measures["count"], noise, strict=True)]
@@ -245,6 +279,41 @@ class Crosstab:
         labels = _labels(job)
         rows = [_row(job, *entry) for entry in zip(labels, outcome.values, strict=True)]
         return {"columns": _columns(job), "rows": rows, "metadata": _metadata(job, ctx, outcome)}
+
+
+def egress(job: CrosstabJob, node: str, plan: Plan) -> Egress:
+    """Crosstab's egress for `node`: its input shares (one message per measure type and
+    partner), then the release step's MPC messages (not predicted: recorded after the job)."""
+    others = tuple(p for p in plan.parties if p != node)
+    flows = []
+    if node in plan.data_parties:
+        bits = 64 if job.epsilon else 32
+        flows.append(
+            Outflow(others, "MPC", "input", "Shamir shares of cell counts", job.n_cells,
+                    share_bytes(bits), 1)
+        )  # fmt: skip
+        if len(job.measures) > 1:
+            what = "Shamir shares of cell " + " and ".join(
+                {"sum": "sums", "weight": "weights"}[m] for m in job.measures[1:]
+            )
+            values = job.n_cells * (len(job.measures) - 1)
+            flows.append(Outflow(others, "MPC", "input", what, values, share_bytes(64), 1))
+    noise = "noise shares, " if job.epsilon else ""
+    flows.append(
+        Outflow(
+            others, "MPC", "release",
+            f"release-step MPC messages ({noise}comparison with the threshold, openings of the "
+            "suppression flags and released cells; each a random-looking share)",
+        )
+    )  # fmt: skip
+    shape = " x ".join(str(d) for d in job.shape)
+    margins = " plus margins" if job.margins else ""
+    table = f"{shape} = {job.n_cells} cells{margins} ({', '.join(job.measures)})"
+    leakage = (
+        "partners learn nothing beyond the released table (including which cells are "
+        "suppressed); the coordinator sees only message sizes and timing"
+    )
+    return Egress(tuple(flows), table, leakage)
 
 
 def _shared_sum(mpc: Any, sectype: type, mine: np.ndarray, senders: list[int]) -> list[Any]:

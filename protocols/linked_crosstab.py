@@ -59,9 +59,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from jointstats.protocols.base import FederationView, Plan, SessionContext
+from jointstats.protocols.base import Egress, FederationView, Outflow, Plan, SessionContext
+from jointstats.protocols.crosstab import check_purpose, share_bytes
 from jointstats.protocols.linked import job as schema
-from jointstats.protocols.linked import program
+from jointstats.protocols.linked import program, wire
 from jointstats.protocols.linked.job import LinkedJob
 from jointstats.protocols.linked.records import Records, prepare
 from jointstats.protocols.release import Disclosure
@@ -72,7 +73,8 @@ class LinkedCrosstab:
     version = schema.VERSION
 
     def parse(self, doc: dict[str, Any]) -> LinkedJob:
-        return schema.parse(doc)
+        check_purpose(doc)  # `purpose` is common to all job kinds: checked here
+        return schema.parse({k: v for k, v in doc.items() if k != "purpose"})
 
     def plan(self, job: LinkedJob, view: FederationView) -> Plan:
         return schema.plan(job, view)
@@ -100,10 +102,105 @@ class LinkedCrosstab:
             "duplicates_dropped": local.duplicates,
         }
 
+    def egress(self, job: LinkedJob, node: str, plan: Plan, rows: int | None) -> Egress:
+        return egress(job, node, rows)
+
     async def mpc_program(
         self, job: LinkedJob, ctx: SessionContext, local: Records | None
     ) -> dict[str, Any]:
         return await program.run(job, ctx, local)
+
+
+def _array(rows: int | None, width: int, itemsize: int = 8) -> dict[str, Any]:
+    """Outflow fields of one wire.send_array: a header message, then blocks of rows."""
+    if rows is None:
+        return {"values": None, "value_bytes": itemsize}
+    per_message = max(1, wire.MESSAGE_BYTES // max(1, width * itemsize))
+    return {
+        "values": rows * width,
+        "value_bytes": itemsize,
+        "header_bytes": wire._HEADER.size,
+        "messages": 1 + -(-rows // per_message),
+    }
+
+
+LEAKAGE = {
+    "A": "the right node learns your record count and n, the number of matched records; the "
+    "helper learns your record count, n and the match pattern over shuffled positions (never "
+    "keys: they are keyed with a per-job key it lacks, nor attributes); nobody learns which "
+    "of your records matched",
+    "B": "the left node learns your record count and n, the number of matched records; the "
+    "helper learns your record count, n and the match pattern over shuffled positions (never "
+    "keys: they are keyed with a per-job key it lacks, nor attributes); nobody learns which "
+    "of your records matched",
+    "H": "you hold no data: the data nodes learn nothing from you beyond n and the released table",
+}
+
+
+def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
+    """Linked crosstab's egress for `node` (DESIGN §5.2, module docstring, steps 2-5). `rows`
+    is this node's row count: an upper bound of the records it links (empty and duplicate
+    keys are dropped first); n, the matched count, is at most that and known only later."""
+    a, b, h = job.left.node, job.right.node, job.helper
+    w_u, w_v = program.widths(job)
+    cells = job.width(job.left) * job.width(job.right)
+    role = {a: "A", b: "B", h: "H"}.get(node)
+    flows: list[Outflow] = []
+    if role in ("A", "B"):
+        left = role == "A"
+        peer, w_me, w_peer = (b, w_u, w_v) if left else (a, w_v, w_u)
+        key = (job.left if left else job.right).key
+        flows += [
+            Outflow((peer,), "DATA", "tag", "ephemeral X25519 public key (32 bytes; agrees the "
+                    "per-job key with the other data node)", 1, 32, 1),
+            Outflow((h,), "DATA", "tag", f"keyed 16-byte fingerprints of `{key}`",
+                    at_most=True, **_array(rows, 1, wire.TAG_BYTES)),
+            Outflow((h,), "DATA", "share", "32-byte seed of the mask below", 1, 32, 1),
+            Outflow((peer,), "DATA", "share",
+                    f"values of a masked {rows if rows is not None else 'N'} x {w_me} matrix "
+                    "(one-hot cells of your records minus a pseudorandom mask)",
+                    at_most=True, **_array(rows, w_me)),
+            Outflow((h,), "DATA", "share", f"masked shares of the other node's matched rows "
+                    f"(n x {w_peer}, n at most your record count)",
+                    at_most=True, **_array(rows, w_peer)),
+        ]  # fmt: skip
+    if role == "H":
+        flows += [
+            Outflow((b,), "DATA", "match", "4-byte positions of the matched left records "
+                    "(n, the matched count)", **_array(None, 1, 4)),
+            Outflow((a,), "DATA", "match", "4-byte positions of the matched right records "
+                    "(n)", **_array(None, 1, 4)),
+            Outflow((b,), "DATA", "share", f"masked shares of the left matrix (n x {w_u})",
+                    **_array(None, w_u)),
+            Outflow((a,), "DATA", "share", f"masked shares of the right matrix (n x {w_v})",
+                    **_array(None, w_v)),
+        ]  # fmt: skip
+    if role in ("A", "H"):
+        masked = "plus a random r < 2^63" if role == "H" else "uniformly masked"
+        flows.append(
+            Outflow((b,), "DATA", "disclose", f"partial cell counts ({masked})", **_array(cells, 1))
+        )
+    if role in ("B", "H"):
+        what = "Shamir shares of the masked cell counts" if role == "B" else "Shamir shares of r"
+        others = tuple(p for p in (a, b, h) if p != node)
+        flows.append(Outflow(others, "MPC", "disclose", what, cells, share_bytes(64), 1))
+    if role is not None:
+        others = tuple(p for p in (a, b, h) if p != node)
+        if job.weighted:
+            flows.append(
+                Outflow(others, "DATA", "disclose", "random shares of the released cells' "
+                        "weighted counts", at_most=True, **_array(cells, 1))
+            )  # fmt: skip
+        flows.append(
+            Outflow(others, "MPC", "disclose", "release-step MPC messages (threshold, "
+                    "suppression flags, openings; each a random-looking share)")
+        )  # fmt: skip
+    margins = " plus margins" if job.disclosure.margins else ""
+    table = (
+        f"{job.width(job.left)} x {job.width(job.right)} = {cells} cells{margins} "
+        f"(count{', weighted_count' if job.weighted else ''}), and n (matched)"
+    )
+    return Egress(tuple(flows), table, LEAKAGE.get(role or "H", LEAKAGE["H"]))
 
 
 PROTOCOL = LinkedCrosstab()
