@@ -50,6 +50,14 @@ Leakage (what a party learns besides the released table and its own data):
 - n is revealed to all three parties; `matched` in the result is suppressed below min_cell.
   Hiding n (padding with dummies) is a later goal.
 
+Fuzzy linkage (`[linkage] method = "fuzzy"`, DESIGN §5.4, docs/adr/0007-fuzzy-linkage.md):
+steps 2-3 change. A and B send H, instead of tags of one key, keyed encodings of each linkage
+field (Bloom filters of bigrams with random bit flips, date and exact tags) and keyed blocking
+tags (protocols.linked.fuzzy); H links them (protocols.linked.match) and sends A and B its
+quality figures. H then learns, on top of the above, how similar records are field by field
+(for any pair it compares) and which values are missing, never a value; a frequency attack on
+the filters is measured in tests/unit/test_fuzzy_attack.py. A and B learn the quality figures.
+
 References: DESIGN §5.2; docs/protocols/linked_crosstab.md; docs/adr/0004-linkage-protocol.md;
 replicated secret sharing: Araki, Furukawa, Lindell, Nof, Ohara, "High-throughput semi-honest
 secure three-party computation with an honest majority", CCS 2016.
