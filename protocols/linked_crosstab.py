@@ -69,8 +69,8 @@ from typing import Any
 
 from jointstats.protocols.base import Egress, FederationView, Outflow, Plan, SessionContext
 from jointstats.protocols.crosstab import check_purpose, share_bytes
+from jointstats.protocols.linked import fuzzy, match, program, wire
 from jointstats.protocols.linked import job as schema
-from jointstats.protocols.linked import program, wire
 from jointstats.protocols.linked.job import LinkedJob
 from jointstats.protocols.linked.records import Records, prepare
 from jointstats.protocols.release import Disclosure
@@ -145,6 +145,25 @@ LEAKAGE = {
 }
 
 
+def _fuzzy_outflows(job: LinkedJob, h: str, rows: int | None, left: bool) -> list[Outflow]:
+    """Fuzzy linkage: one keyed encoding per linkage field, then the blocking tags, to H."""
+    flows = []
+    for field in job.linkage.fields:
+        column = field.left if left else field.right
+        what = {
+            "name": "Bloom filter (512 bits, keyed bigrams, 2 % of bits flipped)",
+            "text": "Bloom filter (512 bits, keyed bigrams, 2 % of bits flipped)",
+            "date": "ten keyed 8-byte tags (date, day-month swapped, each digit blanked)",
+            "exact": "keyed 8-byte tag",
+        }[field.kind]
+        flows.append(Outflow((h,), "DATA", "tag", f"`{column}`: {what} per record",
+                             at_most=True, **_array(rows, fuzzy.width(field.kind))))  # fmt: skip
+    passes = len(fuzzy.passes(job.linkage.fields))
+    flows.append(Outflow((h,), "DATA", "tag", f"{passes} keyed 8-byte blocking tags per record",
+                         at_most=True, **_array(rows, passes)))  # fmt: skip
+    return flows
+
+
 def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
     """Linked crosstab's egress for `node` (DESIGN §5.2, module docstring, steps 2-5). `rows`
     is this node's row count: an upper bound of the records it links (empty and duplicate
@@ -161,8 +180,9 @@ def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
         flows += [
             Outflow((peer,), "DATA", "tag", "ephemeral X25519 public key (32 bytes; agrees the "
                     "per-job key with the other data node)", 1, 32, 1),
-            Outflow((h,), "DATA", "tag", f"keyed 16-byte fingerprints of `{key}`",
-                    at_most=True, **_array(rows, 1, wire.TAG_BYTES)),
+            *(_fuzzy_outflows(job, h, rows, left) if job.linkage.fuzzy else [
+                Outflow((h,), "DATA", "tag", f"keyed 16-byte fingerprints of `{key}`",
+                        at_most=True, **_array(rows, 1, wire.TAG_BYTES))]),
             Outflow((h,), "DATA", "share", "32-byte seed of the mask below", 1, 32, 1),
             Outflow((peer,), "DATA", "share",
                     f"values of a masked {rows if rows is not None else 'N'} x {w_me} matrix "
@@ -178,6 +198,12 @@ def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
                     "(n, the matched count)", **_array(None, 1, 4)),
             Outflow((a,), "DATA", "match", "4-byte positions of the matched right records "
                     "(n)", **_array(None, 1, 4)),
+            *(
+                Outflow((p,), "DATA", "match", "linkage quality figures (false-match rate, "
+                        "recall estimate, histogram of the linked pairs' probabilities)",
+                        **_array(2 + match.HISTOGRAM_BINS, 1))
+                for p in ((a, b) if job.linkage.fuzzy else ())
+            ),
             Outflow((b,), "DATA", "share", f"masked shares of the left matrix (n x {w_u})",
                     **_array(None, w_u)),
             Outflow((a,), "DATA", "share", f"masked shares of the right matrix (n x {w_v})",
