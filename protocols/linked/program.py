@@ -71,7 +71,8 @@ def phase(ctx: SessionContext, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        ctx.timings[name] = round(time.perf_counter() - started, 4)
+        elapsed = time.perf_counter() - started  # a phase may be entered twice (H's match)
+        ctx.timings[name] = round(ctx.timings.get(name, 0.0) + elapsed, 4)
 
 
 def widths(job: LinkedJob) -> tuple[int, int]:
