@@ -51,7 +51,7 @@ MAX_SCALED_WEIGHT = 1 << 62  # a node's scaled weight total; keeps the sum insid
 OTHER = "other"
 FIELDS = {
     "kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure",
-    "purpose",
+    "purpose", "shares",
 }  # fmt: skip
 MAX_PURPOSE = 500  # characters of the signed `purpose` shown to approving operators
 TOTAL = "total"
@@ -131,6 +131,18 @@ def check_purpose(doc: dict[str, Any]) -> None:
     )
 
 
+def _check_shares(shares: Any, by: tuple[str, ...]) -> None:
+    """`shares`: computed by the analyst's client from the released table (jointstats.shares)."""
+    _require(
+        shares is None or shares in ("row", "column", "total"),
+        '`shares` must be "row", "column" or "total"',
+    )
+    _require(
+        shares in (None, "total") or len(by) >= 2,
+        f'`shares = "{shares}"` needs at least two `by` columns; use "total"',
+    )
+
+
 def share_bytes(bits: int) -> int:
     """Bytes of one Shamir share of an MPyC SecInt(bits) on the wire (--mix32-64bit): MPyC 0.11
     puts SecInt(l) in a prime field of l + 32 bits (its security parameter 30, plus 2)."""
@@ -170,6 +182,7 @@ class Crosstab:
         domains, other = _parse_domains(doc, by)
         sum_column, bounds = _parse_sum(doc)
         _require(sum_column not in by, "`sum` cannot also be a `by` column")
+        _check_shares(doc.get("shares"), by)
         disclosure = parse_disclosure(doc)
         margins, epsilon = disclosure.margins, disclosure.epsilon
         weight = doc.get("weight")
