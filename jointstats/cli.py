@@ -27,6 +27,12 @@ app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot", help="Also draw the released table into FILE.png or FILE.svg (matplotlib)."
+    ),
+]
 ClientConfigOption = Annotated[
     Path,
     typer.Option(
@@ -119,14 +125,21 @@ def submit(
     job: Annotated[Path, typer.Argument(help="Job file (TOML or JSON).")],
     config: ClientConfigOption = Path("client.toml"),
     wait: Annotated[bool, typer.Option(help="Wait and print the result.")] = False,
+    plot: PlotOption = None,
 ) -> None:
     """Sign the job with the parties the coordinator plans (shown) and submit it; prints its
-    id."""
+    id (only the id when the output is piped)."""
+    if plot is not None:
+        _check_plot(plot)
+        if not wait:
+            raise typer.BadParameter("--plot needs --wait", param_hint="--plot")
     with _client(config) as client:
         job_id = client.submit(job, on_plan=_show_plan)
-        out.print(job_id)
+        out.print(job_id, markup=False, highlight=False)
         if wait:
-            _show_result(_follow(client, job_id))
+            released = _follow(client, job_id)
+            _show_result(released)
+            _plot(released, plot)
 
 
 @app.command()
@@ -168,6 +181,7 @@ def result(
     roster: Annotated[
         Path | None, typer.Option(help="Roster for `verify` (default: the client config's).")
     ] = None,
+    plot: PlotOption = None,
 ) -> None:
     """Fetch a released table and verify every party's signature on it; `jointstats result
     verify FILE.json` checks a saved result offline."""
@@ -178,11 +192,26 @@ def result(
         return
     if out_file is not None:
         check_output_path(out_file)
+    _check_plot(plot)
     with _client(config) as client:
         released = client.result(job_id)
     _show_result(released)
     if out_file is not None:
         released.write(out_file)
+    _plot(released, plot)
+
+
+def _check_plot(plot: Path | None) -> None:
+    if plot is not None:
+        from jointstats.plot import check_plot_path
+
+        check_plot_path(plot)
+
+
+def _plot(released, plot: Path | None) -> None:
+    if plot is not None:
+        released.plot(plot)
+        err.print(f"picture: {plot}", markup=False, highlight=False)
 
 
 def _verify_saved(saved: Path | None, roster: Path | None, config: Path) -> None:
@@ -222,6 +251,7 @@ def local(
         Path | None, typer.Option(help="Keep each node's state under DIR/NAME/.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 600.0,
+    plot: PlotOption = None,
 ) -> None:
     """Run one job through the real stack (processes, gRPC, TLS, MPC) on loopback."""
     from jointstats.jobs import load_job_file
@@ -231,6 +261,7 @@ def local(
 
     if out_file is not None:
         check_output_path(out_file)
+    _check_plot(plot)
     doc = load_job_file(job)
     nodes: dict[str, LocalNode] = {}
     for option in node:
@@ -247,6 +278,7 @@ def local(
     print_result(out, released)
     if out_file is not None:
         released.write(out_file)
+    _plot(released, plot)
 
 
 @app.command()

@@ -178,6 +178,14 @@ def _print_timings(out: Console, metadata: dict) -> None:
         out.print(f"  {node}: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
 
 
+def _write_pictures(out: Console, workdir: Path | None, results: dict) -> None:
+    """One picture per released table, kept after the demo (the workdir or a temp dir)."""
+    folder = Path(workdir) / "pictures" if workdir else Path(tempfile.mkdtemp(prefix="jointstats-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [str(result.plot(folder / f"{name}.png")) for name, result in results.items()]
+    out.print(f"\nPictures of the released tables: {', '.join(paths)}", highlight=False)
+
+
 def run_demo(out: Console, err: Console, workdir: Path | None, rows: int) -> None:
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="jointstats-demo-"))
     try:
@@ -244,6 +252,7 @@ def run_demo(out: Console, err: Console, workdir: Path | None, rows: int) -> Non
             "jips compared keyed encodings only; the true links are known here because the "
             "data is synthetic."
         )
+        _write_pictures(out, workdir, {"pooled": result, "linked": linked, "fuzzy": fuzzy})
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)

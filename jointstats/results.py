@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jointstats.errors import AuthError, ConfigError, JointstatsError
 from jointstats.keys import Roster
 from jointstats.session import SessionDescription, result_message
+from jointstats.shares import MODES, add_shares
 from jointstats.signing import SignedJob, verify_job
 
 SUFFIXES = ("", ".csv", ".json", ".parquet")
@@ -111,7 +112,20 @@ class Result:
             table["count"] = table["count"].astype("Int64")
         table["suppressed"] = table["suppressed"].astype(bool)
         signed = {k: doc[k] for k in (*SIGNED_FIELDS, "envelope_signature") if k in doc}
-        return cls(table, doc.get("metadata", {}), signed or None)
+        return cls(_with_shares(table, signed_job(signed)), doc.get("metadata", {}), signed or None)
+
+    @property
+    def job(self) -> dict[str, Any]:
+        """The job as the analyst signed it ({} for a result without its envelope)."""
+        return signed_job(self.signed)
+
+    def plot(self, path: Path | str | None = None) -> Any:
+        """Draw the released table (matplotlib): bars for one `by` column, a heatmap for two,
+        facets for three; suppressed cells hatched grey. With a path (.png or .svg) write it
+        and return the path, else return the matplotlib Figure."""
+        from jointstats.plot import draw, save
+
+        return draw(self) if path is None else save(self, Path(path))
 
     @classmethod
     def verify_file(cls, path: Path, roster: Roster) -> Result:
@@ -144,6 +158,29 @@ class Result:
             self.table.to_parquet(path, index=False)
         else:
             raise ConfigError(unsupported_suffix(path))
+
+
+def signed_job(signed: dict[str, Any] | None) -> dict[str, Any]:
+    """The job inside a result's signed envelope; {} when there is none or it is unreadable."""
+    if not signed or "envelope" not in signed:
+        return {}
+    try:
+        job = json.loads(base64.b64decode(str(signed["envelope"])))["job"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return {}
+    return job if isinstance(job, dict) else {}
+
+
+def _with_shares(table: pd.DataFrame, job: dict[str, Any]) -> pd.DataFrame:
+    """Add `share` when the signed crosstab job asks for it (public post-processing)."""
+    mode = job.get("shares")
+    if job.get("kind") != "crosstab" or mode not in MODES or "share" in table:
+        return table
+    by = [c for c in job.get("by", []) if c in table]
+    margins = bool(job.get("disclosure", {}).get("margins", False))
+    if len(by) != len(job.get("by", [])) or (mode != "total" and len(by) < 2):
+        return table
+    return add_shares(table, by, mode, margins)
 
 
 def unsupported_suffix(path: Path) -> str:
