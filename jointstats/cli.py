@@ -41,6 +41,29 @@ ClientConfigOption = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"jointstats {version('jointstats')}")
+        except PackageNotFoundError:
+            typer.echo("jointstats (version unknown: not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """jointstats: statistics over several parties' data by secure multi-party computation."""
+
+
 def _serve_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -127,15 +150,15 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Wait and print the result.")] = False,
     plot: PlotOption = None,
 ) -> None:
-    """Sign the job with the parties the coordinator plans (shown) and submit it; prints its
-    id (only the id when the output is piped)."""
+    """Sign the job with the parties the coordinator plans (shown on stderr) and submit it;
+    prints only its id on stdout."""
     if plot is not None:
         _check_plot(plot)
         if not wait:
             raise typer.BadParameter("--plot needs --wait", param_hint="--plot")
     with _client(config) as client:
         job_id = client.submit(job, on_plan=_show_plan)
-        out.print(job_id, markup=False, highlight=False)
+        typer.echo(job_id)  # alone on stdout: `id=$(jointstats submit job.toml)`
         if wait:
             released = _follow(client, job_id)
             _show_result(released)
@@ -159,6 +182,34 @@ def status(
         out.print(f"  {node:<16} {state:<10} {reason}", markup=False)
     if current.state == "failed":
         raise typer.Exit(9)
+
+
+@app.command()
+def nodes(
+    config: ClientConfigOption = Path("client.toml"),
+    wait_for: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-for", metavar="NAME,...", help="Wait until these members are connected."
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait-for.")] = 60.0,
+) -> None:
+    """List the federation's members and whether each is connected."""
+    with _client(config) as client:
+        if wait_for:
+            names = [n.strip() for n in wait_for.split(",") if n.strip()]
+            with err.status(f"waiting for {', '.join(names)}"):
+                client.wait_for_nodes(names, timeout)
+        members = client.nodes()
+    for member in members:
+        state = "connected" if member.online else "not connected"
+        datasets = ", ".join(member.datasets) or "-"
+        out.print(
+            f"{member.name:<16} {member.role:<8} {state:<14} datasets: {datasets}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _show_plan(plan) -> None:

@@ -64,11 +64,21 @@ def _short(text: str, width: int = 12) -> str:
 
 
 @audit_app.command("show")
-def audit_show(file: Annotated[Path, typer.Argument(help="The audit log (audit.jsonl).")]) -> None:
+def audit_show(
+    file: Annotated[Path, typer.Argument(help="The audit log (audit.jsonl).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full entries, one JSON object per line.")
+    ] = False,
+) -> None:
     """Print the log as a table; fails after the table when the chain is broken."""
     report = verify(file)
     if report.first_bad_line is None and not report.ok:
         raise _fail(file, report)
+    if as_json:
+        _print_json(file)
+        if not report.ok:
+            raise _fail(file, report)
+        return
     table = Table("seq", "time (UTC)", "event", "job", "principal", "fields", box=box.SIMPLE_HEAD)
     for column in table.columns[:3]:
         column.no_wrap = True
@@ -90,6 +100,17 @@ def audit_show(file: Annotated[Path, typer.Argument(help="The audit log (audit.j
     _print_egress(egress)
     if not report.ok:
         raise _fail(file, report)
+
+
+def _print_json(file: Path) -> None:
+    """Every entry in full, as one compact JSON line (a line that is not JSON is skipped)."""
+    with open(file, "rb") as lines:
+        for raw in lines:
+            try:
+                entry = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue
+            typer.echo(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
 
 
 def _collect_egress(egress: dict[str, dict[str, Any]], entry: Any) -> None:

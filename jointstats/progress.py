@@ -34,14 +34,17 @@ def print_result(console: Console, result: Result) -> None:
                 cells.append("[yellow]suppressed[/yellow]" if value else "")
             elif pd.isna(value):
                 cells.append("")
+            elif column == "share":
+                cells.append(f"{value:.1%}")
             else:
                 cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
         table.add_row(*cells)
     console.print(table)
     meta = result.metadata
     disclosure = meta.get("disclosure", {})
+    matched = f"matched {meta['matched']}; " if "matched" in meta else ""
     console.print(
-        f"inputs: {', '.join(meta.get('inputs', []))}; "
+        f"{matched}inputs: {', '.join(meta.get('inputs', []))}; "
         f"parties: {', '.join(meta.get('parties', []))}; "
         f"min_cell {disclosure.get('min_cell')}; suppressed {meta.get('suppressed_cells')} of "
         f"{meta.get('cells')} cells",

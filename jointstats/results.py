@@ -150,6 +150,7 @@ class Result:
         suffix = path.suffix.lower()
         if suffix in ("", ".csv"):
             path.write_text(self.to_csv_text())
+            meta_path(path).write_text(json.dumps(self.metadata, indent=2, ensure_ascii=False))
         elif suffix == ".json":
             rows = json.loads(self.table.to_json(orient="records"))
             doc = {"table": rows, "metadata": self.metadata, "signed": self.signed}
@@ -158,6 +159,11 @@ class Result:
             self.table.to_parquet(path, index=False)
         else:
             raise ConfigError(unsupported_suffix(path))
+
+
+def meta_path(path: Path) -> Path:
+    """The CSV's sidecar with the result's metadata: table.csv -> table.meta.json."""
+    return Path(path).with_suffix(".meta.json")
 
 
 def signed_job(signed: dict[str, Any] | None) -> dict[str, Any]:

@@ -49,7 +49,10 @@ def _check_policy(
 ) -> None:
     grant = policy.analysts.get(fingerprint)
     if grant is None:
-        raise RefusedError("the analyst's key is not allowed by this node's policy")
+        raise RefusedError(
+            "the analyst's key is not allowed by this node's policy; send the analyst's signing "
+            f"fingerprint {fingerprint} to the node's operator"
+        )
     terms = policy.terms.get(fingerprint)
     if terms is not None and terms.expired():
         raise RefusedError(
@@ -66,8 +69,10 @@ def _check_policy(
             raise RefusedError(f"the analyst may not use dataset {dataset}")
         denied = [c for c in used if "*" not in allowed and c not in allowed]
         if denied:
+            granted = ", ".join(sorted(allowed)) or "none"
             raise RefusedError(
-                f"the analyst may not use column(s) {', '.join(denied)} of {dataset}"
+                f"the analyst may not use column(s) {', '.join(denied)} of {dataset}: not "
+                f"granted, or not in the dataset (granted: {granted})"
             )
 
 

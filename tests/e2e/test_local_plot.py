@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ def test_local_plot_writes_a_png_and_the_csv_has_row_shares(data_dir: Path, tmp_
     picture = (tmp_path / "out.png").read_bytes()
     assert picture.startswith(b"\x89PNG\r\n\x1a\n") and len(picture) > 10_000
     assert "picture: out.png" in run.stderr
+    assert json.loads((tmp_path / "out.meta.json").read_text())["disclosure"]["min_cell"] == 10
     table = pd.read_csv(tmp_path / "out.csv")
     expected = expected_crosstab(
         pooled(data_dir, ("unhcr", "drc")), JOB["by"], JOB["domains"], 10, "income", (0, 2000)

@@ -1,0 +1,71 @@
+"""A new user's first hour: refusals that say what to do, --version, audit show --json,
+the CSV's metadata sidecar and `matched` in a linked summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from typer.testing import CliRunner
+
+from jointstats.cli import app
+from jointstats.node.policy import decide
+from jointstats.progress import print_result
+from jointstats.results import Result
+from tests.conftest import JOB
+from tests.unit.test_audit import keys, write_log  # noqa: F401 (fixture)
+from tests.unit.test_node_decision import _offer, sign_job, world  # noqa: F401 (fixture)
+
+
+def test_a_refused_column_lists_the_granted_ones(world) -> None:  # noqa: F811
+    config, roster, state, alice, _ = world
+    decision = decide(config, roster, state, _offer(sign_job({**JOB, "weight": "w"}, alice)))
+    assert not decision.accept
+    assert "column(s) w of households: not granted, or not in the dataset" in decision.reason
+    assert "(granted: displacement_status, region)" in decision.reason
+
+
+def test_a_refused_analyst_key_names_the_fingerprint_to_send(world) -> None:  # noqa: F811
+    config, roster, state, _, mallory = world
+    decision = decide(config, roster, state, _offer(sign_job(JOB, mallory)))
+    fingerprint = roster.get("mallory").signing_fingerprint
+    assert not decision.accept
+    assert f"signing fingerprint {fingerprint} to the node's operator" in decision.reason
+
+
+def test_version() -> None:
+    run = CliRunner().invoke(app, ["--version"])
+    assert run.exit_code == 0 and run.output.startswith("jointstats ")
+
+
+def test_audit_show_json_prints_full_entries(tmp_path: Path, keys) -> None:  # noqa: F811
+    path = tmp_path / "audit.jsonl"
+    entries = write_log(path, keys[0], count=3)
+    run = CliRunner().invoke(app, ["audit", "show", str(path), "--json"])
+    assert run.exit_code == 0, run.output
+    printed = [json.loads(line) for line in run.output.splitlines()]
+    assert printed == [json.loads(line) for line in path.read_text().splitlines()]
+    assert (
+        [p["fields"]["col"] for p in printed]
+        == ["région"] * 3
+        == [e["fields"]["col"] for e in entries]
+    )
+
+
+def _linked_result() -> Result:
+    table = pd.DataFrame({"district": ["d1"], "count": [12], "suppressed": [False]})
+    meta = {"matched": 812, "inputs": ["ministry", "survey"], "disclosure": {"min_cell": 10}}
+    return Result(table, meta)
+
+
+def test_csv_gets_a_metadata_sidecar(tmp_path: Path) -> None:
+    _linked_result().write(tmp_path / "linked.csv")
+    assert json.loads((tmp_path / "linked.meta.json").read_text())["matched"] == 812
+
+
+def test_linked_summary_prints_matched() -> None:
+    console = Console(record=True, width=120)
+    print_result(console, _linked_result())
+    assert "matched 812; inputs: ministry, survey" in console.export_text()
