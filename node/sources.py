@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from jointstats.errors import ConfigError, DataError
+from jointstats.protocols.filters import Bands, Condition
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf16": "utf-16",
              "latin-1": "latin-1", "latin1": "latin-1", "iso-8859-1": "latin-1"}  # fmt: skip
 KINDS = ("text", "number", "date", "boolean")
+OUTSIDE = "<outside every band>"  # a binned value in no band: outside the domain (or "other")
 FILE_KEYS = {"path", "format", "delimiter", "encoding", "header", "glob", "columns"}
 
 
@@ -74,7 +76,7 @@ class Source(Protocol):
         """Column name -> kind (text, number, date, boolean or other), in table order."""
         ...
 
-    def require_columns(self, needed: list[str]) -> None: ...
+    def require_columns(self, needed: list[str]) -> dict[str, str]: ...
 
     def grouped(
         self,
@@ -82,9 +84,16 @@ class Source(Protocol):
         value: str | None = None,
         bounds: tuple[float, float] | None = None,
         weight: str | None = None,
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
     ) -> GroupedRows: ...
 
-    def read_text(self, columns: list[str]) -> pa.Table: ...
+    def read_text(
+        self,
+        columns: list[str],
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
+    ) -> pa.Table: ...
 
     def summary(self) -> DatasetSummary: ...
 
@@ -157,6 +166,74 @@ def aggregate_sql(
     return out
 
 
+def check_numeric(dataset: str, actual: dict[str, str], columns: list[str]) -> None:
+    """Range filters and bands compare numbers: their columns must hold numbers."""
+    for column in columns:
+        if actual[column] != "number":
+            raise DataError(
+                f"dataset {dataset}, column {column}: holds {actual[column]}, but a range in "
+                "[where] or a band in [bins] needs a number column"
+            )
+
+
+def numeric_columns(where: tuple[Condition, ...], bins: dict[str, Bands]) -> list[str]:
+    return list(dict.fromkeys([*bins, *(c.column for c in where if c.values is None)]))
+
+
+def text_columns(
+    columns: list[str], where: tuple[Condition, ...], bins: dict[str, Bands]
+) -> list[str]:
+    """Columns an engine reads as text exactly as stored: grouping keys and `[where]` lists,
+    except binned columns (bands compare numbers)."""
+    listed = [c.column for c in where if c.values is not None]
+    return [c for c in dict.fromkeys([*columns, *listed]) if c not in bins]
+
+
+def filter_sql(
+    q: Callable[[str], str],
+    number: Callable[[str], str],
+    text: str,
+    param: Callable[[str], str],
+    columns: list[str],
+    where: tuple[Condition, ...],
+    bins: dict[str, Bands],
+) -> tuple[list[str], str, dict[str, Any]]:
+    """Key expressions of `columns` (a binned one becomes its band's label, OUTSIDE when in no
+    band, NULL when empty), the WHERE clause and its parameters. Job values (list entries,
+    range ends, band edges and labels) travel only as bound parameters named by `param`."""
+    params: dict[str, Any] = {}
+
+    def bind(name: str, value: Any) -> str:
+        params[name] = value
+        return param(name)
+
+    keys = []
+    for i, column in enumerate(columns):
+        if column not in bins:
+            keys.append(f"CAST({q(column)} AS {text})")
+            continue
+        band, x = bins[column], number(q(column))
+        edges = [bind(f"b{i}_{j}", e) for j, e in enumerate(band.edges)]
+        whens = " ".join(
+            f"WHEN {x} >= {lo} AND {x} < {hi} THEN CAST({bind(f'b{i}_l{j}', label)} AS {text})"
+            for j, (label, lo, hi) in enumerate(zip(band.labels, edges, edges[1:], strict=False))
+        )
+        outside = f"CAST({bind(f'b{i}_out', OUTSIDE)} AS {text})"
+        keys.append(f"CASE WHEN {q(column)} IS NULL THEN NULL {whens} ELSE {outside} END")
+    clauses = []
+    for i, condition in enumerate(where):
+        column = q(condition.column)
+        if condition.values is not None:
+            listed = ", ".join(bind(f"w{i}_{j}", v) for j, v in enumerate(condition.values))
+            clauses.append(f"CAST({column} AS {text}) IN ({listed})")
+            continue
+        if condition.low is not None:
+            clauses.append(f"{number(column)} >= {bind(f'w{i}_lo', condition.low)}")
+        if condition.high is not None:
+            clauses.append(f"{number(column)} <= {bind(f'w{i}_hi', condition.high)}")
+    return keys, (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
 def grouped_rows(
     rows: list[tuple], width: int, value: str | None, weight: str | None
 ) -> GroupedRows:
@@ -173,8 +250,9 @@ def grouped_rows(
     )
 
 
-def require_rows(dataset: str, grouped: GroupedRows) -> GroupedRows:
-    if not grouped.counts:
+def require_rows(dataset: str, grouped: GroupedRows, filtered: bool = False) -> GroupedRows:
+    """An empty dataset is an error; a `[where]` that keeps no row is not (the node adds zeros)."""
+    if not grouped.counts and not filtered:
         raise DataError(f"dataset {dataset} has no rows (an empty file or query?)")
     return grouped
 
@@ -304,15 +382,35 @@ class FileSource:
     def columns(self) -> list[str]:
         return list(self.column_types())
 
-    def require_columns(self, needed: list[str]) -> None:
-        check_columns(self.dataset, self.column_types(), self.declared, needed)
+    def require_columns(self, needed: list[str]) -> dict[str, str]:
+        actual = self.column_types()
+        check_columns(self.dataset, actual, self.declared, needed)
+        return actual
 
-    def read_text(self, columns: list[str]) -> pa.Table:
+    def _filtered(
+        self, columns: list[str], where: tuple[Condition, ...], bins: dict[str, Bands]
+    ) -> tuple[list[str], str, dict[str, Any]]:
+        return filter_sql(
+            _quote, lambda c: f"TRY_CAST({c} AS DOUBLE)", "VARCHAR", lambda p: f"${p}",
+            columns, where, bins,
+        )  # fmt: skip
+
+    def read_text(
+        self,
+        columns: list[str],
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
+    ) -> pa.Table:
         """Record-level columns as text exactly as stored (NULL when empty), for protocols that
-        link records. CSV fields are not type-inferred, so an id "007" stays "007"."""
-        self.require_columns(columns)
-        select = ", ".join(f"CAST({_quote(c)} AS VARCHAR) AS {_quote(c)}" for c in columns)
-        return self._run(f"SELECT {select} FROM {self._relation(columns)}", arrow=True)
+        link records; a binned column as its band's label; only rows that pass `where`. CSV
+        fields are not type-inferred, so an id "007" stays "007"."""
+        bins = bins or {}
+        actual = self.require_columns([*columns, *(c.column for c in where)])
+        check_numeric(self.dataset, actual, numeric_columns(where, bins))
+        keys, clause, params = self._filtered(columns, where, bins)
+        select = ", ".join(f"{k} AS {_quote(c)}" for k, c in zip(keys, columns, strict=True))
+        relation = self._relation(text_columns(columns, where, bins))
+        return self._run(f"SELECT {select} FROM {relation}{clause}", params, arrow=True)
 
     def grouped(
         self,
@@ -320,19 +418,29 @@ class FileSource:
         value: str | None = None,
         bounds: tuple[float, float] | None = None,
         weight: str | None = None,
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
     ) -> GroupedRows:
         """One GROUP BY over the files: counts, clipped sums of `value` and sums of `weight`
-        per `by` combination (non-numbers are counted, not summed)."""
-        self.require_columns(by + [c for c in (value, weight) if c])
-        keys = ", ".join(f"CAST({_quote(c)} AS VARCHAR)" for c in by)
+        per `by` combination (non-numbers are counted, not summed), over the rows that pass
+        `where`, with binned columns grouped by band."""
+        bins = bins or {}
+        needed = by + [c for c in (value, weight) if c] + [c.column for c in where]
+        actual = self.require_columns(needed)
+        check_numeric(self.dataset, actual, numeric_columns(where, bins))
+        keys, clause, params = self._filtered(by, where, bins)
         aggregates = aggregate_sql(
             _quote, lambda c: f"TRY_CAST({c} AS DOUBLE)", "DOUBLE", lambda p: f"${p}",
             value, bounds, weight,
         )  # fmt: skip
-        params = {"lo": bounds[0], "hi": bounds[1]} if value and bounds else None
-        sql = f"SELECT {keys}, {', '.join(aggregates)} FROM {self._relation(by)} GROUP BY ALL"
-        rows = self._run(sql, params)
-        return require_rows(self.dataset, grouped_rows(rows, len(by), value, weight))
+        if value and bounds:
+            params |= {"lo": bounds[0], "hi": bounds[1]}
+        relation = self._relation(text_columns(by, where, bins))
+        select = ", ".join([*keys, *aggregates])
+        sql = f"SELECT {select} FROM {relation}{clause} GROUP BY ALL"
+        rows = self._run(sql, params or None)
+        grouped = grouped_rows(rows, len(by), value, weight)
+        return require_rows(self.dataset, grouped, filtered=bool(where))
 
     def summary(self) -> DatasetSummary:
         self.require_columns([])

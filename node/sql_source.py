@@ -3,9 +3,10 @@
 The job's aggregation is pushed down as one GROUP BY (DESIGN §5.1), so a 1e7-row table never
 leaves the server; only `read_text` (record linkage) fetches rows. Every statement runs in a
 READ ONLY transaction with a statement timeout. Column names from a job enter SQL only after
-they were found in the relation's actual column list, and then quoted; job values (bounds)
-travel as bound parameters. The connection URL comes from the node's environment
-(`url_env`) or a file (`url_file`), never from a job, and never appears in a message.
+they were found in the relation's actual column list, and then quoted; job values (bounds,
+`[where]` values and ranges, `[bins]` edges and labels) travel as bound parameters. The
+connection URL comes from the node's environment (`url_env`) or a file (`url_file`), never from
+a job, and never appears in a message.
 Database error texts can quote data: they go to the node's local log only.
 """
 
@@ -30,10 +31,14 @@ from jointstats.node.sources import (
     GroupedRows,
     aggregate_sql,
     check_columns,
+    check_numeric,
+    filter_sql,
     grouped_rows,
+    numeric_columns,
     parse_declared,
     require_rows,
 )
+from jointstats.protocols.filters import Bands, Condition
 
 log = logging.getLogger(__name__)
 
@@ -140,32 +145,59 @@ class SqlSource:
                 f"but a {role} must be a number column"
             )
 
+    def _filtered(
+        self, columns: list[str], where: tuple[Condition, ...], bins: dict[str, Bands]
+    ) -> tuple[list[str], str, dict[str, Any]]:
+        return filter_sql(
+            self._q, lambda c: f"CAST({c} AS double precision)", "text", lambda p: f"%({p})s",
+            columns, where, bins,
+        )  # fmt: skip
+
     def grouped(
         self,
         by: list[str],
         value: str | None = None,
         bounds: tuple[float, float] | None = None,
         weight: str | None = None,
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
     ) -> GroupedRows:
         """One GROUP BY executed in the database (see sources.FileSource.grouped)."""
-        actual = self.require_columns(by + [c for c in (value, weight) if c])
+        bins = bins or {}
+        needed = by + [c for c in (value, weight) if c] + [c.column for c in where]
+        actual = self.require_columns(needed)
         self._numeric(actual, value, "sum")
         self._numeric(actual, weight, "weight")
-        keys = ", ".join(f"CAST({self._q(c)} AS text)" for c in by)
+        check_numeric(self.dataset, actual, numeric_columns(where, bins))
+        keys, clause, params = self._filtered(by, where, bins)
         aggregates = aggregate_sql(
             self._q, lambda c: f"CAST({c} AS double precision)", "double precision",
             lambda p: f"%({p})s", value, bounds, weight,
         )  # fmt: skip
         groups = ", ".join(str(i + 1) for i in range(len(by)))
-        sql = f"SELECT {keys}, {', '.join(aggregates)} FROM {self._relation()} GROUP BY {groups}"
-        params = {"lo": bounds[0], "hi": bounds[1]} if value and bounds else {}
+        sql = (
+            f"SELECT {', '.join(keys)}, {', '.join(aggregates)} FROM {self._relation()}{clause} "
+            f"GROUP BY {groups}"
+        )
+        if value and bounds:
+            params |= {"lo": bounds[0], "hi": bounds[1]}
         rows = self._execute(sql, params)
-        return require_rows(self.dataset, grouped_rows(rows, len(by), value, weight))
+        grouped = grouped_rows(rows, len(by), value, weight)
+        return require_rows(self.dataset, grouped, filtered=bool(where))
 
-    def read_text(self, columns: list[str]) -> pa.Table:
-        """Record-level columns as text (NULL stays NULL), fetched in batches."""
-        self.require_columns(columns)
-        select = ", ".join(f"CAST({self._q(c)} AS text) AS {self._q(c)}" for c in columns)
+    def read_text(
+        self,
+        columns: list[str],
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
+    ) -> pa.Table:
+        """Record-level columns as text (NULL stays NULL; a binned column as its band's label),
+        only rows that pass `where`, fetched in batches."""
+        bins = bins or {}
+        actual = self.require_columns([*columns, *(c.column for c in where)])
+        check_numeric(self.dataset, actual, numeric_columns(where, bins))
+        keys, clause, params = self._filtered(columns, where, bins)
+        select = ", ".join(f"{k} AS {self._q(c)}" for k, c in zip(keys, columns, strict=True))
 
         def fetch(result: Any) -> pa.Table:
             batches = []
@@ -175,7 +207,7 @@ class SqlSource:
             schema = pa.schema([(c, pa.string()) for c in columns])
             return pa.Table.from_batches(batches, schema)
 
-        return self._execute(f"SELECT {select} FROM {self._relation()}", each=fetch)
+        return self._execute(f"SELECT {select} FROM {self._relation()}{clause}", params, each=fetch)
 
     def summary(self) -> DatasetSummary:
         self.require_columns([])

@@ -1,14 +1,16 @@
 """Pooled cross-tabulation over nodes that hold datasets of the same shape (DESIGN §5.1).
 
 Inputs: each input node's dataset named by the job; the job's `by` columns with declared
-domains (the table's shape is public), optionally a `sum` column with `bounds` and a survey
-`weight` column (non-negative, finite).
+domains (the table's shape is public; a column binned by [bins] has its bands as domain),
+optionally [where] filters, a `sum` column with `bounds` and a survey `weight` column
+(non-negative, finite).
 Output: one row per cell of the product of the domains, in domain order: the `by` values,
 `count` (then `weighted_count`, the sum of weights; `sum`, `mean`), `suppressed`.
 
 Steps:
-1. Each input node runs one GROUP BY in its engine and maps the groups onto the declared cells;
-   values outside a domain are an error (a count per column, never the values), or map to
+1. Each input node runs one GROUP BY in its engine (filters and bands included: protocols/
+   filters.py, node/sources.py) and maps the groups onto the declared cells; values outside a
+   domain or every band are an error (a count per column, never the values), or map to
    "other" when the job sets `other = true` in [domains].
 2. The cell vectors (counts, then sums and weights in fixed point) are secret-shared (Shamir,
    MPyC SecInt(64)) into one session of m >= 3 parties (compute-only nodes fill up) and added.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,7 @@ from jointstats.protocols.base import (
     Plan,
     SessionContext,
 )
+from jointstats.protocols.filters import Bands, Condition, parse_bins, parse_where
 from jointstats.protocols.release import Disclosure, WithDisclosure, parse_disclosure, release
 
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
@@ -51,11 +54,11 @@ MAX_SCALED_WEIGHT = 1 << 62  # a node's scaled weight total; keeps the sum insid
 OTHER = "other"
 FIELDS = {
     "kind", "dataset", "inputs", "by", "sum", "bounds", "weight", "domains", "disclosure",
-    "purpose", "shares",
+    "purpose", "shares", "where", "bins",
 }  # fmt: skip
 MAX_PURPOSE = 500  # characters of the signed `purpose` shown to approving operators
 TOTAL = "total"
-VERSION = 2  # bumped when the session's messages or the release rule change
+VERSION = 3  # bumped when the session's messages or the release rule change (3: where, bins)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class CrosstabJob(WithDisclosure):
     other: bool = False
     weight: str | None = None
     disclosure: Disclosure = Disclosure()
+    where: tuple[Condition, ...] = ()
+    bins: dict[str, Bands] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -103,13 +108,30 @@ def _string_list(value: Any, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse_domains(doc: dict[str, Any], by: tuple[str, ...]) -> tuple[dict, bool]:
-    raw = doc.get("domains")
+def _parse_domains(
+    doc: dict[str, Any], by: tuple[str, ...], bins: dict[str, Bands] | None = None
+) -> tuple[dict, bool]:
+    """Each `by` column's domain: declared in [domains], or a binned column's band labels.
+    An entry that names no `by` column is an error (a typo must not pass unnoticed)."""
+    bins = bins or {}
+    raw = doc.get("domains", {} if set(by) <= set(bins) else None)
     _require(isinstance(raw, dict), "the job needs a [domains] table declaring each `by` column")
     other = raw.get("other", False)
     _require(isinstance(other, bool), "`other` in [domains] must be true or false")
+    unused = sorted(c for c in raw if c != "other" and (c not in by or c in bins))
+    _require(
+        not unused,
+        f"[domains] entries for no `by` column (binned columns take their bands): "
+        f"{', '.join(unused)}",
+    )
     domains: dict[str, tuple[str, ...]] = {}
     for column in by:
+        if column in bins:
+            domains[column] = bins[column].labels
+            _require(
+                not (other and OTHER in domains[column]), f"bands of `{column}` include {OTHER!r}"
+            )
+            continue
         values = raw.get(column)
         _require(
             isinstance(values, list) and values and all(isinstance(v, (str, int)) for v in values),
@@ -179,7 +201,8 @@ class Crosstab:
         by = _string_list(doc.get("by"), "by")
         _require(len(set(by)) == len(by), "`by` names a column twice")
         inputs = _string_list(doc["inputs"], "inputs") if "inputs" in doc else None
-        domains, other = _parse_domains(doc, by)
+        where, bins = parse_where(doc), parse_bins(doc, by)
+        domains, other = _parse_domains(doc, by, bins)
         sum_column, bounds = _parse_sum(doc)
         _require(sum_column not in by, "`sum` cannot also be a `by` column")
         _check_shares(doc.get("shares"), by)
@@ -196,7 +219,7 @@ class Crosstab:
             f"with `margins`, no domain may contain {TOTAL!r}",
         )
         job = CrosstabJob(
-            dataset, by, domains, inputs, sum_column, bounds, other, weight, disclosure
+            dataset, by, domains, inputs, sum_column, bounds, other, weight, disclosure, where, bins
         )
         _require(
             job.n_cells <= MAX_CELLS, f"the table has {job.n_cells} cells; at most {MAX_CELLS}"
@@ -227,7 +250,9 @@ class Crosstab:
         return Plan(tuple(inputs) + tuple(helpers[:needed]), tuple(inputs))
 
     def columns_used(self, job: CrosstabJob, node: str) -> dict[str, list[str]]:
-        return {job.dataset: list(job.by) + [c for c in (job.sum, job.weight) if c]}
+        """Every column the node's query reads: `by`, `sum`, `weight` and the [where] columns."""
+        named = [*job.by, *(c for c in (job.sum, job.weight) if c), *(w.column for w in job.where)]
+        return {job.dataset: list(dict.fromkeys(named))}
 
     def disclosure(self, job: CrosstabJob) -> Disclosure:
         return job.disclosure
@@ -242,7 +267,7 @@ class Crosstab:
         if job.dataset not in sources:
             raise DataError(f"node {node} does not serve dataset {job.dataset!r}")
         source = sources[job.dataset]
-        grouped = source.grouped(list(job.by), job.sum, job.bounds, job.weight)
+        grouped = source.grouped(list(job.by), job.sum, job.bounds, job.weight, job.where, job.bins)
         _check_measures(job, grouped)
         cells = _cell_indices(job, grouped.keys, grouped.counts, job.dataset)
         parts = [_scatter(job, cells, np.asarray(grouped.counts, dtype=np.int64))]
@@ -452,7 +477,10 @@ def _cell_indices(
                     "dataset %s, column %s: %d empty values, %d values outside the domain",
                     dataset, column, n_empty, n_outside,
                 )  # fmt: skip
-        hint = "declare them in [domains] or set `other = true`; fill or drop empty values"
+        hint = (
+            "declare them in [domains] (or widen [bins]) or set `other = true`; "
+            "fill or drop empty values"
+        )
         raise DataError(f"dataset {dataset}: {'; '.join(problems)} ({hint})")
     return cells
 

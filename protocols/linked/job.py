@@ -1,9 +1,15 @@
-"""The linked crosstab job: schema, validation and the session plan."""
+"""The linked crosstab job: schema, validation and the session plan.
+
+Filters and bands (protocols/filters.py) run at each side, in that side's engine: a top-level
+`[where]` or `[bins]` entry applies at the side whose `by`, `key`, linkage fields or `weight`
+name its column (bins: a `by` column only); a filter on a column that no part of the job names
+goes in that side's own table, `[left.where]` or `[right.where]`.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jointstats.errors import JobError
@@ -16,12 +22,13 @@ from jointstats.protocols.crosstab import (
     _require,
     _string_list,
 )
+from jointstats.protocols.filters import Bands, Condition, parse_bins, parse_where
 from jointstats.protocols.release import Disclosure, parse_disclosure
 
 KIND = "linked_crosstab"
-FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure", "linkage"}
-SIDE_FIELDS = {"node", "dataset", "key", "by", "normalize", "duplicates", "weight"}
-VERSION = 3  # bumped when the session's messages or the release rule change (3: fuzzy linkage)
+FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure", "linkage", "where", "bins"}
+SIDE_FIELDS = {"node", "dataset", "key", "by", "normalize", "duplicates", "weight", "where"}
+VERSION = 4  # bumped when the session's messages or the release rule change (4: where, bins)
 METHODS = ("exact", "fuzzy")
 LINKAGE_FIELDS = {"method", "fields", "threshold"}
 FIELD_KINDS = ("name", "text", "date", "exact")
@@ -46,12 +53,19 @@ class Side:
     duplicates: str = "error"
     weight: str | None = None
     link: tuple[str, ...] = ()  # this side's linkage columns (fuzzy), in [linkage] order
+    where: tuple[Condition, ...] = ()  # filters applied in this side's engine
+    bins: dict[str, Bands] = field(default_factory=dict)  # this side's binned `by` columns
 
     @property
     def columns(self) -> list[str]:
         named = [*([self.key] if self.key else []), *self.link, *self.by]
         named += [self.weight] if self.weight else []
         return list(dict.fromkeys(named))  # a column may both link and tabulate (e.g. sex)
+
+    @property
+    def used(self) -> list[str]:
+        """Every column this side's engine reads, filter columns included."""
+        return list(dict.fromkeys([*self.columns, *(c.column for c in self.where)]))
 
 
 @dataclass(frozen=True)
@@ -119,9 +133,9 @@ def _parse_side(doc: dict[str, Any], name: str, linkage: Linkage) -> Side:
     _require(isinstance(table, dict), f"the job needs a [{name}] table (node, dataset, key, by)")
     unknown = set(table) - SIDE_FIELDS
     _require(not unknown, f"unknown field(s) in [{name}]: {', '.join(sorted(unknown))}")
-    for field in ("node", "dataset") if linkage.fuzzy else ("node", "dataset", "key"):
-        value = table.get(field)
-        _require(isinstance(value, str) and value, f"[{name}] needs `{field}` (a name)")
+    for required in ("node", "dataset") if linkage.fuzzy else ("node", "dataset", "key"):
+        value = table.get(required)
+        _require(isinstance(value, str) and value, f"[{name}] needs `{required}` (a name)")
     _require(
         not (linkage.fuzzy and "key" in table),
         f'[{name}] has no `key` with method = "fuzzy": the records link on [linkage] `fields`',
@@ -149,9 +163,40 @@ def _parse_side(doc: dict[str, Any], name: str, linkage: Linkage) -> Side:
         f"[{name}] `weight` cannot be the key, `by` or linked",
     )
     normalized = tuple(n for n in NORMALIZATIONS if n in normalize)
+    where = parse_where(table)
     return Side(
-        table["node"], table["dataset"], key, by, normalized, duplicates, weight, link
+        table["node"], table["dataset"], key, by, normalized, duplicates, weight, link, where
     )  # fmt: skip
+
+
+def _split_filters(doc: dict[str, Any], left: Side, right: Side) -> tuple[Side, Side]:
+    """Top-level [where] and [bins] entries go to the side that names their column."""
+    where, bins = parse_where(doc), parse_bins(doc, left.by + right.by)
+    sides = []
+    for name, side, other in (("left", left, right), ("right", right, left)):
+        mine = [c for c in where if c.column in side.columns]
+        for condition in mine:
+            _require(
+                condition.column not in other.columns,
+                f"[where] `{condition.column}` is named by both sides; put it in "
+                "[left.where] or [right.where]",
+            )
+        banded = {c: b for c, b in bins.items() if c in side.by}
+        for column in banded:
+            _require(
+                column not in (side.key, *side.link),
+                f"[bins] `{column}` is a linkage column of [{name}]; band a `by` column only",
+            )
+        twice = {c.column for c in side.where} & {c.column for c in mine}
+        _require(not twice, f"[where] and [{name}.where] both filter {', '.join(sorted(twice))}")
+        sides.append(replace(side, where=side.where + tuple(mine), bins=banded))
+    unplaced = sorted({c.column for c in where} - set(left.columns) - set(right.columns))
+    _require(
+        not unplaced,
+        f"[where] column(s) {', '.join(unplaced)} named by neither side; "
+        "put them in [left.where] or [right.where]",
+    )
+    return sides[0], sides[1]
 
 
 def _parse_field(entry: Any, k: int) -> LinkField:
@@ -225,7 +270,8 @@ def parse(doc: dict[str, Any]) -> LinkedJob:
         f"`by` column(s) {', '.join(sorted(shared))} appear on both sides; "
         "the table needs distinct column names",
     )
-    domains, other = _parse_domains(doc, left.by + right.by)
+    left, right = _split_filters(doc, left, right)
+    domains, other = _parse_domains(doc, left.by + right.by, {**left.bins, **right.bins})
     disclosure = parse_disclosure(doc)
     _require(
         not (disclosure.epsilon and (left.weight or right.weight)),
@@ -270,5 +316,5 @@ def columns_used(job: LinkedJob, node: str) -> dict[str, list[str]]:
     used: dict[str, list[str]] = {}
     for side in (job.left, job.right):
         if side.node == node:
-            used.setdefault(side.dataset, []).extend(side.columns)
+            used.setdefault(side.dataset, []).extend(side.used)
     return used

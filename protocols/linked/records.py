@@ -157,7 +157,8 @@ def prepare(job: LinkedJob, side: Side, node: str, sources: dict[str, Any]) -> R
     if side.dataset not in sources:
         raise DataError(f"node {node} does not serve dataset {side.dataset!r}")
     dataset = side.dataset
-    table = sources[dataset].read_text(side.columns)
+    # filters and bands run in the engine: rows outside `where` never reach Python
+    table = sources[dataset].read_text(side.columns, side.where, side.bins)
     read = table.num_rows
     if table.num_rows > MAX_RECORDS:
         raise DataError(f"dataset {dataset}: more than {MAX_RECORDS} records")

@@ -160,7 +160,8 @@ def test_weighted_counts_equal_pandas_and_suppression_uses_unweighted_counts(mix
 
 def test_weighted_margins(mixed):
     fed, _, balanced, _ = mixed
-    job = copy.deepcopy({**JOB, "dataset": "balanced", "weight": "w", "by": ["region"]})
+    job = {**JOB, "dataset": "balanced", "weight": "w", "by": ["region"]}
+    job = copy.deepcopy({**job, "domains": {"region": REGIONS}})
     job["disclosure"]["margins"] = True
     table = fed.client.run(job, timeout=120).table.set_index("region")
     assert not table["suppressed"].any()

@@ -84,7 +84,8 @@ def test_two_data_nodes_and_a_compute_only_node(federation, data_dir):
         ({"dataset": "census"}, "no connected node exposes dataset 'census'"),
         ({"inputs": ["unhcr", "jips"]}, "node 'jips' does not expose dataset"),
         ({"kind": "regression"}, "unknown job kind"),
-        ({"by": ["region", "age"]}, "declare the categories of `age`"),
+        ({"by": [*JOB["by"], "age"]}, "declare the categories of `age`"),
+        ({"by": ["region"]}, "entries for no `by` column .*: displacement_status"),
     ],
 )
 def test_bad_jobs_are_refused_at_submission(federation, change, message):
@@ -94,7 +95,7 @@ def test_bad_jobs_are_refused_at_submission(federation, change, message):
 
 def test_missing_column_fails_with_a_value_free_reason(federation):
     job = copy.deepcopy(JOB)
-    job["by"] = ["region", "sex"]
+    job["by"] = [*JOB["by"], "sex"]
     job["domains"]["sex"] = ["f", "m"]
     with pytest.raises(JobFailed, match="no column 'sex'"):
         federation.client.run(job, timeout=120)
