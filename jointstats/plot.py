@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from jointstats.errors import ConfigError
+from jointstats.shares import share_measure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -77,6 +78,11 @@ def _caption(result: Result, measure: str) -> str:
     cells = result.metadata.get("cells")
     hidden = result.metadata.get("suppressed_cells")
     count = f"; {hidden} of {cells} cells suppressed" if cells is not None else ""
+    mode = result.job.get("shares")
+    if measure == "share" and mode:
+        margins = (result.job.get("disclosure") or {}).get("margins")
+        base = "released totals" if margins else "the sum of released cells"
+        measure = f"{mode} share of {share_measure(result.table)} (over {base})"
     return (
         f"{measure} · cells below min_cell = {disclosure.get('min_cell')} suppressed "
         f"(hatched grey){count} · {noise}"

@@ -25,6 +25,15 @@ def follow_job(client: Client, job_id: str, console: Console, timeout: float = 6
         return client.wait(job_id, timeout, on_status=lambda s: spinner.update(_describe(s)))
 
 
+def raised_min_cell(result: Result) -> tuple[int, int] | None:
+    """(asked, used) when a party's policy floor raised the job's min_cell, else None."""
+    asked = (result.job.get("disclosure") or {}).get("min_cell")
+    used = (result.metadata.get("disclosure") or {}).get("min_cell")
+    if isinstance(asked, int) and isinstance(used, int) and used > asked:
+        return asked, used
+    return None
+
+
 def print_result(console: Console, result: Result) -> None:
     table = Table(*result.table.columns, title=f"job {result.metadata.get('job_id', '')}")
     for row in result.table.itertuples(index=False):
@@ -42,6 +51,13 @@ def print_result(console: Console, result: Result) -> None:
     console.print(table)
     meta = result.metadata
     disclosure = meta.get("disclosure", {})
+    raised = raised_min_cell(result)
+    if raised is not None:
+        console.print(
+            f"[yellow]warning:[/yellow] min_cell raised from {raised[0]} to {raised[1]} by a "
+            "node's policy floor",
+            highlight=False,
+        )
     matched = f"matched {meta['matched']}; " if "matched" in meta else ""
     console.print(
         f"{matched}inputs: {', '.join(meta.get('inputs', []))}; "

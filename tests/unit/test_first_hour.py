@@ -69,3 +69,16 @@ def test_linked_summary_prints_matched() -> None:
     console = Console(record=True, width=120)
     print_result(console, _linked_result())
     assert "matched 812; inputs: ministry, survey" in console.export_text()
+
+
+def test_a_min_cell_raised_by_a_floor_is_a_warning_line() -> None:
+    from tests.unit.test_shares_plot import _result
+
+    table = pd.DataFrame({"a": ["x"], "count": [12], "suppressed": [False]})
+    job = {"kind": "crosstab", "by": ["a"], "disclosure": {"min_cell": 3}}
+    console = Console(record=True, width=120)
+    print_result(console, _result(table, job, {"disclosure": {"min_cell": 5}}))
+    assert "warning: min_cell raised from 3 to 5 by a node's policy floor" in console.export_text()
+    console = Console(record=True, width=120)
+    print_result(console, _result(table, job, {"disclosure": {"min_cell": 3}}))
+    assert "warning" not in console.export_text()
