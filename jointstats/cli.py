@@ -69,7 +69,9 @@ def _serve_logging() -> None:
 
 
 @coordinator_app.command("serve")
-def coordinator_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
+def coordinator_serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="coordinator.toml")],
+) -> None:
     """Serve the coordinator (gRPC over mutual TLS)."""
     from jointstats.config import CoordinatorConfig
     from jointstats.coordinator.server import serve
@@ -79,7 +81,9 @@ def coordinator_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -
 
 
 @node_app.command("serve")
-def node_serve(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
+def node_serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The node's node.toml.")],
+) -> None:
     """Run a node: dial the coordinator, decide on offers, take part in MPC sessions."""
     from jointstats.config import NodeConfig
     from jointstats.node.server import serve
@@ -109,7 +113,9 @@ def keys_new(
 @keys_app.command("roster")
 def keys_roster(
     members: Annotated[list[Path], typer.Argument(help="member.toml files to include.")],
-    out_file: Annotated[Path, typer.Option("--out")] = Path("roster.toml"),
+    out_file: Annotated[Path, typer.Option("--out", help="The roster file to write.")] = Path(
+        "roster.toml"
+    ),
 ) -> None:
     """Assemble a roster from members' public entries."""
     from jointstats.keys import Roster, load_member
@@ -124,7 +130,7 @@ def keys_roster(
 
 
 @keys_app.command("show")
-def keys_show(roster_file: Annotated[Path, typer.Argument()]) -> None:
+def keys_show(roster_file: Annotated[Path, typer.Argument(help="roster.toml")]) -> None:
     """Print a roster's members and certificate fingerprints, for operators to compare."""
 
     from jointstats.keys import Roster
@@ -167,7 +173,7 @@ def submit(
 
 @app.command()
 def status(
-    job_id: str,
+    job_id: Annotated[str, typer.Argument(help="The id `submit` printed.")],
     config: ClientConfigOption = Path("client.toml"),
     watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
 ) -> None:
@@ -295,9 +301,15 @@ def local(
     job: Annotated[Path, typer.Argument(help="Job file (TOML or JSON).")],
     node: Annotated[
         list[str],
-        typer.Option("--node", help="NAME=PATH (dataset = file stem) or NAME (compute-only)."),
+        typer.Option(
+            "--node",
+            help="NAME=PATH: a .csv/.tsv/.parquet file or folder (dataset = file stem); "
+            "NAME=node.toml: that config's \\[datasets]; NAME alone: compute-only. Repeatable.",
+        ),
     ],
-    out_file: Annotated[Path | None, typer.Option("--out", help="Write the table as CSV.")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the table: .csv, .json or .parquet.")
+    ] = None,
     workdir: Annotated[
         Path | None, typer.Option(help="Keep each node's state under DIR/NAME/.")
     ] = None,

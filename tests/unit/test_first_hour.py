@@ -82,3 +82,9 @@ def test_a_min_cell_raised_by_a_floor_is_a_warning_line() -> None:
     console = Console(record=True, width=120)
     print_result(console, _result(table, job, {"disclosure": {"min_cell": 3}}))
     assert "warning" not in console.export_text()
+
+
+def test_local_help_describes_out_formats_and_node_configs() -> None:
+    run = CliRunner().invoke(app, ["local", "--help"], env={"COLUMNS": "250"})
+    assert ".csv, .json or .parquet" in run.output and "NAME=node.toml" in run.output
+    assert "FILE.png" in run.output
