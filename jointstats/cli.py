@@ -27,6 +27,7 @@ app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
+UNWRAPPED = {"soft_wrap": True, "highlight": False}  # fingerprints stay on one line to copy
 PlotOption = Annotated[
     Path | None,
     typer.Option(
@@ -105,8 +106,10 @@ def keys_new(
 
     member = new_member(out_dir, name, role, host or None, address)
     out.print(f"{member.name} ({member.role})")
-    out.print(f"  identity fingerprint: {member.identity_fingerprint}")
-    out.print(f"  signing fingerprint (for node policies): {member.signing_fingerprint}")
+    out.print(f"  identity fingerprint: {member.identity_fingerprint}", **UNWRAPPED)
+    out.print(
+        f"  signing fingerprint (for node policies): {member.signing_fingerprint}", **UNWRAPPED
+    )
     out.print(f"public entry: {out_dir / 'member.toml'}  (private keys stay in {out_dir})")
 
 
@@ -138,9 +141,9 @@ def keys_show(roster_file: Annotated[Path, typer.Argument(help="roster.toml")]) 
     out.print(f"roster {roster_file}: compare each identity fingerprint with its owner out of band")
     for member in Roster.load(roster_file).members.values():
         out.print(f"{member.name} ({member.role})", markup=False)
-        out.print(f"  identity  {member.identity_fingerprint}")
+        out.print(f"  identity  {member.identity_fingerprint}", **UNWRAPPED)
         if member.role == "analyst":
-            out.print(f"  signing   {member.signing_fingerprint}")
+            out.print(f"  signing   {member.signing_fingerprint}", **UNWRAPPED)
 
 
 def _client(config: Path):

@@ -88,3 +88,12 @@ def test_local_help_describes_out_formats_and_node_configs() -> None:
     run = CliRunner().invoke(app, ["local", "--help"], env={"COLUMNS": "250"})
     assert ".csv, .json or .parquet" in run.output and "NAME=node.toml" in run.output
     assert "FILE.png" in run.output
+
+
+def test_fingerprints_do_not_wrap_at_80_columns(tmp_path: Path) -> None:
+    run = CliRunner().invoke(
+        app, ["keys", "new", "--name", "ann", "--role", "analyst", "--out", str(tmp_path)]
+    )
+    assert run.exit_code == 0, run.output
+    signing = [line for line in run.output.splitlines() if "signing fingerprint" in line]
+    assert len(signing) == 1 and len(signing[0].split()[-1]) == 64
