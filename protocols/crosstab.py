@@ -43,7 +43,7 @@ from jointstats.protocols.base import (
     Plan,
     SessionContext,
 )
-from jointstats.protocols.filters import Bands, Condition, parse_bins, parse_where
+from jointstats.protocols.filters import Bands, Condition, names, parse_bins, parse_where
 from jointstats.protocols.release import Disclosure, WithDisclosure, parse_disclosure, release
 
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
@@ -121,8 +121,7 @@ def _parse_domains(
     unused = sorted(c for c in raw if c != "other" and (c not in by or c in bins))
     _require(
         not unused,
-        f"[domains] entries for no `by` column (binned columns take their bands): "
-        f"{', '.join(unused)}",
+        f"[domains] entries for no `by` column (binned columns take their bands): {names(unused)}",
     )
     domains: dict[str, tuple[str, ...]] = {}
     for column in by:

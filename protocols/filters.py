@@ -48,6 +48,15 @@ class Bands:
         return tuple(f"{a}-{b}" for a, b in zip(text, text[1:], strict=False))
 
 
+def shown(name: str) -> str:
+    """A job-supplied name as a message shows it: on one line, quoted when not printable."""
+    return name if name.isprintable() else repr(name)
+
+
+def names(items: Any) -> str:
+    return ", ".join(shown(str(n)) for n in sorted(items))
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -65,21 +74,21 @@ def _condition(column: str, spec: Any) -> Condition:
         if not (0 < len(spec) <= MAX_LIST) or not all(
             isinstance(v, (str, int)) and not isinstance(v, bool) for v in spec
         ):
-            _fail(f"[where] `{column}`: a list holds 1 to {MAX_LIST} text or integer values")
+            _fail(f"[where] `{shown(column)}`: a list holds 1 to {MAX_LIST} texts or integers")
         return Condition(column, values=tuple(dict.fromkeys(str(v) for v in spec)))
     if isinstance(spec, dict):
         unknown = set(spec) - RANGE_KEYS
         if unknown or not spec or not all(_is_number(v) for v in spec.values()):
-            _fail(f"[where] `{column}`: a range is {{ min = ..., max = ... }} (either or both)")
+            _fail(f"[where] `{shown(column)}`: a range is {{ min = ..., max = ... }} (or one)")
         low, high = spec.get("min"), spec.get("max")
         if low is not None and high is not None and low > high:
-            _fail(f"[where] `{column}`: `min` is above `max`")
+            _fail(f"[where] `{shown(column)}`: `min` is above `max`")
         return Condition(
             column,
             low=float(low) if low is not None else None,
             high=float(high) if high is not None else None,
         )
-    _fail(f"[where] `{column}` must be a list of values or a range {{ min = ..., max = ... }}")
+    _fail(f"[where] `{shown(column)}` must be a list of values or a range {{ min, max }}")
     raise AssertionError  # unreachable
 
 
@@ -96,7 +105,7 @@ def parse_bins(doc: dict[str, Any], by: tuple[str, ...]) -> dict[str, Bands]:
         _fail("[bins] must be a table of column = [edges]")
     unused = [c for c in raw if c not in by]
     if unused:
-        _fail(f"[bins] names column(s) not in `by`: {', '.join(sorted(unused))}")
+        _fail(f"[bins] names column(s) not in `by`: {names(unused)}")
     bands = {}
     for column, edges in raw.items():
         if not (
@@ -106,7 +115,7 @@ def parse_bins(doc: dict[str, Any], by: tuple[str, ...]) -> dict[str, Bands]:
             and all(a < b for a, b in zip(edges, edges[1:], strict=False))
         ):
             _fail(
-                f"[bins] `{column}` must list 2 to {MAX_EDGES} strictly increasing finite "
+                f"[bins] `{shown(column)}` must list 2 to {MAX_EDGES} strictly increasing finite "
                 "numbers (band edges)"
             )
         bands[column] = Bands(column, tuple(float(e) for e in edges))

@@ -87,7 +87,8 @@ def parse_disclosure(doc: dict[str, Any]) -> Disclosure:
         raise JobError("[disclosure] must be a table")
     unknown = set(table) - set(FIELDS)
     if unknown:
-        raise JobError(f"unknown field(s) in [disclosure]: {', '.join(sorted(unknown))}")
+        shown = ", ".join(n if n.isprintable() else repr(n) for n in sorted(unknown))
+        raise JobError(f"unknown field(s) in [disclosure]: {shown}")
     min_cell = _whole(table.get("min_cell", DEFAULT_MIN_CELL), "min_cell", 1)
     protection = _whole(table.get("protection", 0), "protection", 0)
     flags = [table.get(name, False) for name in ("release_zeros", "margins")]

@@ -22,7 +22,14 @@ from jointstats.protocols.crosstab import (
     _require,
     _string_list,
 )
-from jointstats.protocols.filters import Bands, Condition, parse_bins, parse_where
+from jointstats.protocols.filters import (
+    Bands,
+    Condition,
+    names,
+    parse_bins,
+    parse_where,
+    shown,
+)
 from jointstats.protocols.release import Disclosure, parse_disclosure
 
 KIND = "linked_crosstab"
@@ -178,22 +185,22 @@ def _split_filters(doc: dict[str, Any], left: Side, right: Side) -> tuple[Side, 
         for condition in mine:
             _require(
                 condition.column not in other.columns,
-                f"[where] `{condition.column}` is named by both sides; put it in "
+                f"[where] `{shown(condition.column)}` is named by both sides; put it in "
                 "[left.where] or [right.where]",
             )
         banded = {c: b for c, b in bins.items() if c in side.by}
         for column in banded:
             _require(
                 column not in (side.key, *side.link),
-                f"[bins] `{column}` is a linkage column of [{name}]; band a `by` column only",
+                f"[bins] `{shown(column)}` links the records of [{name}]; band a `by` column only",
             )
         twice = {c.column for c in side.where} & {c.column for c in mine}
-        _require(not twice, f"[where] and [{name}.where] both filter {', '.join(sorted(twice))}")
+        _require(not twice, f"[where] and [{name}.where] both filter {names(twice)}")
         sides.append(replace(side, where=side.where + tuple(mine), bins=banded))
     unplaced = sorted({c.column for c in where} - set(left.columns) - set(right.columns))
     _require(
         not unplaced,
-        f"[where] column(s) {', '.join(unplaced)} named by neither side; "
+        f"[where] column(s) {names(unplaced)} named by neither side; "
         "put them in [left.where] or [right.where]",
     )
     return sides[0], sides[1]
