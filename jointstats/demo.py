@@ -173,9 +173,22 @@ def _linked_side_by_side(released: pd.DataFrame, files: dict[str, Path]) -> Tabl
     return table
 
 
+def timing_words(metadata: dict) -> str:
+    """Timings for people: the slowest party's time per step, in tenths of a second."""
+    nodes = list(metadata.get("timings_by_node", {}).values())
+
+    def slowest(*phases: str) -> float:
+        return max((sum(float(t.get(p, 0.0)) for p in phases) for t in nodes), default=0.0)
+
+    steps = [("reading the data", slowest("local")), ("connecting", slowest("connect"))]
+    if any("match" in t for t in nodes):
+        steps.append(("linking", slowest("tag", "match")))
+    steps.append(("the whole MPC session", slowest("mpc")))
+    return "took " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps)
+
+
 def _print_timings(out: Console, metadata: dict) -> None:
-    for node, phases in metadata.get("timings_by_node", {}).items():
-        out.print(f"  {node}: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+    out.print(timing_words(metadata) + " (slowest party per step)", highlight=False)
 
 
 def _write_pictures(out: Console, workdir: Path | None, results: dict) -> None:

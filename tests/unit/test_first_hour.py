@@ -97,3 +97,17 @@ def test_fingerprints_do_not_wrap_at_80_columns(tmp_path: Path) -> None:
     assert run.exit_code == 0, run.output
     signing = [line for line in run.output.splitlines() if "signing fingerprint" in line]
     assert len(signing) == 1 and len(signing[0].split()[-1]) == 64
+
+
+def test_demo_timings_are_worded_for_people() -> None:
+    from jointstats.demo import timing_words
+
+    meta = {
+        "timings_by_node": {
+            "jips": {"local": 0.001, "connect": 1.19, "tag": 0.82, "match": 3.74, "mpc": 5.32},
+            "ministry": {"local": 1.02, "connect": 0.14, "tag": 0.76, "match": 3.84, "mpc": 5.33},
+        }
+    }
+    assert timing_words(meta) == (
+        "took reading the data 1.0 s, connecting 1.2 s, linking 4.6 s, the whole MPC session 5.3 s"
+    )
