@@ -30,7 +30,7 @@ from jointstats.protocols.filters import (
     parse_where,
     shown,
 )
-from jointstats.protocols.release import Disclosure, parse_disclosure
+from jointstats.protocols.release import Disclosure, WithDisclosure, parse_disclosure
 
 KIND = "linked_crosstab"
 FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure", "linkage", "where", "bins"}
@@ -100,7 +100,7 @@ class Linkage:
 
 
 @dataclass(frozen=True)
-class LinkedJob:
+class LinkedJob(WithDisclosure):
     helper: str
     left: Side
     right: Side
@@ -108,14 +108,6 @@ class LinkedJob:
     other: bool = False
     disclosure: Disclosure = Disclosure()
     linkage: Linkage = Linkage()
-
-    @property
-    def min_cell(self) -> int:
-        return self.disclosure.min_cell
-
-    @property
-    def release_zeros(self) -> bool:
-        return self.disclosure.release_zeros
 
     def cell_domains(self, side: Side) -> list[tuple[str, ...]]:
         """Per `by` column of a side, its categories as the table shows them."""

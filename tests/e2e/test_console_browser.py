@@ -54,7 +54,7 @@ def _chromium() -> str:
         return found
     if os.environ.get("CI"):
         pytest.fail("chromium is missing in CI (.ci/run installs it)")
-    pytest.skip("chromium is not installed (apt-get install chromium)")
+    pytest.skip("no chromium on this machine: apt-get install chromium (CI installs it and fails)")
 
 
 def _hold(state: NodeState, job_id: str, analyst: str) -> None:
