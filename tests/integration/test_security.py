@@ -194,21 +194,28 @@ def test_an_analyst_sees_only_their_own_jobs(federation, tmp_path):
         roster.save(roster_path)
 
 
+def _wait_for_session_start(log: Path, job_id: str, timeout: float = 30) -> str:
+    """The job is "running" at the coordinator before each node has logged its start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log.read_text().splitlines(keepends=True) if log.exists() else []
+        for line in lines:
+            if not line.endswith("\n"):
+                break  # the node is still writing this entry
+            event = json.loads(line)
+            if event["event"] == "SESSION_STARTED" and event["job_id"] == job_id:
+                return event["fields"]["session_id"]
+        time.sleep(0.05)
+    raise AssertionError(f"no SESSION_STARTED for {job_id} in {log} within {timeout} s")
+
+
 def test_a_node_cannot_take_another_partys_place_in_a_session(data_dir, tmp_path):
     slow = {"JOINTSTATS_SESSION_WORKER": "tests.fakes.slow_worker", "PYTHONPATH": str(REPO)}
     with LocalFederation(
         _nodes(data_dir, dict.fromkeys(AGENCIES, slow)), tmp_path / "fed", 30
     ) as fed:
         job_id = fed.client.submit({**JOB, "inputs": list(AGENCIES)})
-        deadline = time.monotonic() + 30
-        while fed.client.status(job_id).state != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        log = fed.workdir / "unhcr" / "audit.jsonl"
-        started = [json.loads(x) for x in log.read_text().splitlines()]
-        session_id = next(
-            e["fields"]["session_id"] for e in started if e["event"] == "SESSION_STARTED"
-        )
+        session_id = _wait_for_session_start(fed.workdir / "unhcr" / "audit.jsonl", job_id)
         with _channel(fed, fed.workdir / "unhcr" / "keys") as channel:
             relay = wire_pb2_grpc.CoordinatorStub(channel).Relay
             for claimed in (1, 2):  # drc's and nrc's party ids, claimed by unhcr
