@@ -16,6 +16,15 @@ from rich.console import Console
 from jointstats.cli_audit import audit_app
 from jointstats.errors import JointstatsError
 
+
+def _flag_type(self: typer.core.TyperOption, ctx: object) -> str | None:
+    """typer 0.29 labels every flag `<bool>`, which reads as if `--help` took a value."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator.")
 node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
@@ -159,8 +168,11 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Wait and print the result.")] = False,
     plot: PlotOption = None,
 ) -> None:
-    """Sign the job with the parties the coordinator plans (shown on stderr) and submit it;
-    prints only its id on stdout."""
+    """Sign the job for the parties the coordinator plans and submit it.
+
+    The plan goes to stderr; stdout gets only the job id, so `id=$(jointstats submit job.toml)`
+    works.
+    """
     if plot is not None:
         _check_plot(plot)
         if not wait:
@@ -243,8 +255,10 @@ def result(
     ] = None,
     plot: PlotOption = None,
 ) -> None:
-    """Fetch a released table and verify every party's signature on it; `jointstats result
-    verify FILE.json` checks a saved result offline."""
+    """Fetch a released table and verify every party's signature on it.
+
+    `jointstats result verify FILE.json` checks a saved result offline.
+    """
     from jointstats.results import check_output_path
 
     if job_id == "verify":
@@ -306,6 +320,7 @@ def local(
         list[str],
         typer.Option(
             "--node",
+            metavar="NAME[=PATH]",
             help="NAME=PATH: a .csv/.tsv/.parquet file or folder (dataset = file stem); "
             "NAME=node.toml: that config's \\[datasets]; NAME alone: compute-only. Repeatable.",
         ),

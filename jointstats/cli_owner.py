@@ -40,8 +40,11 @@ def node_check(
         bool, typer.Option("--reach", help="Also try a TLS handshake with the coordinator.")
     ] = False,
 ) -> None:
-    """Preflight: every dataset (rows, columns, types and null counts, never a value), this
-    node's keys and name against the roster, the policy's analysts and partners."""
+    """Preflight: datasets, keys, name and policy, checked before going live.
+
+    Every dataset is summarised (rows, columns, types and null counts, never a value); this
+    node's keys and name are checked against the roster, and the policy's analysts and partners.
+    """
     from jointstats.node.check import check_node, preflight, summary_lines
 
     node = _config(config, config_file)
@@ -97,9 +100,11 @@ def node_rehearse(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 300.0,
 ) -> None:
-    """Run JOB end to end on loopback on invented data shaped like this node's dataset (its
-    schema only, no record), partners simulated; print the egress statement, the transcript
-    summary and the released table."""
+    """Run JOB on loopback on invented data shaped like this node's dataset.
+
+    Only the dataset's schema is used, never a record; partners are simulated. Prints the egress
+    statement, the transcript summary and the released table.
+    """
     from jointstats.jobs import load_job_file
     from jointstats.progress import print_result
     from jointstats.rehearse import figure_text, rehearse
@@ -129,8 +134,10 @@ def node_console(
     config: ConfigOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 0,
 ) -> None:
-    """Serve the operator's page on 127.0.0.1 (pending jobs with approve/deny, grants, ε
-    ledger, audit log); prints the URL with its access token."""
+    """Serve the operator's page on 127.0.0.1 and print its URL with the access token.
+
+    The page shows pending jobs with approve/deny, grants, the ε ledger and the audit log.
+    """
     import logging
 
     from jointstats.node.console import ConsoleServer, approval_queue

@@ -4,9 +4,12 @@ the CSV's metadata sidecar and `matched` in a linked summary."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -88,6 +91,27 @@ def test_local_help_describes_out_formats_and_node_configs() -> None:
     run = CliRunner().invoke(app, ["local", "--help"], env={"COLUMNS": "250"})
     assert ".csv, .json or .parquet" in run.output and "NAME=node.toml" in run.output
     assert "FILE.png" in run.output
+
+
+def test_help_shows_flags_as_taking_no_value() -> None:
+    for command in ([], ["local"], ["submit"], ["node", "serve"]):
+        run = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "250"})
+        assert run.exit_code == 0, run.output
+        assert "--help" in run.output and "<bool>" not in run.output
+
+
+def _commands(command: Any, path: str = "jointstats") -> Iterator[tuple[str, Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_command_has_a_one_line_summary_and_every_parameter_a_description() -> None:
+    for path, command in _commands(typer.main.get_command(app)):
+        assert command.help, f"{path} has no help"
+        assert "\n" not in command.help.split("\n\n")[0].strip(), f"{path}: summary wraps"
+        for param in command.params:
+            assert param.name == "help" or getattr(param, "help", None), f"{path} {param.name}"
 
 
 def test_fingerprints_do_not_wrap_at_80_columns(tmp_path: Path) -> None:
