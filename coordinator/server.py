@@ -16,7 +16,7 @@ from jointstats.config import CoordinatorConfig
 from jointstats.errors import JobError, JointstatsError
 from jointstats.keys import Identity, RosterFile
 from jointstats.signing import SignedJob
-from jointstats.transport import SERVER_OPTIONS, server_credentials
+from jointstats.transport import REGISTERED_HEADER, SERVER_OPTIONS, server_credentials
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
 from .auth import RosterAuth, current_caller
@@ -118,6 +118,8 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
         stream = await self._claim(name, context)
         conn = NodeConn(name, datasets=set(first.hello.datasets))
         self._register(name, conn)
+        # tells the node its stream is registered, so that it logs "connected" only now
+        await context.send_initial_metadata(((REGISTERED_HEADER, "1"),))
         reader = asyncio.create_task(self._read_node(name, conn, request_iterator))
         try:
             while True:

@@ -25,6 +25,7 @@ from jointstats.keys import COORDINATOR_TLS_NAME, Identity, Roster, RosterFile, 
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+REGISTERED_HEADER = "jointstats-registered"  # the coordinator accepted a node's Connect stream
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -26,7 +26,7 @@ from jointstats.session import (
     table_digest,
 )
 from jointstats.signing import SignedJob
-from jointstats.transport import channel_credentials, channel_options
+from jointstats.transport import REGISTERED_HEADER, channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
 from .approval import ApprovalDesk
@@ -111,19 +111,27 @@ class Node:
             options=channel_options(),
         ) as channel:
             call = wire_pb2_grpc.CoordinatorStub(channel).Connect(self._messages())
-            log.info("connected to coordinator %s", self.config.coordinator)
             stopper = asyncio.create_task(stop.wait())
             reader = asyncio.create_task(self._read(call))
+            announcer = asyncio.create_task(self._announce_when_registered(call))
             await asyncio.wait({stopper, reader}, return_when="FIRST_COMPLETED")
             if stopper.done():
                 await self._abort_sessions("the node is shutting down")
                 await self._drain_outbox()
             stopper.cancel()
+            announcer.cancel()
             if not reader.done():
                 call.cancel()
                 reader.cancel()
             elif reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
+
+    async def _announce_when_registered(self, call: Any) -> None:
+        """Log "connected" once the coordinator has accepted the stream, not when dialling."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            metadata = await call.initial_metadata()
+            if metadata is not None and REGISTERED_HEADER in dict(metadata):
+                log.info("connected to coordinator %s", self.config.coordinator)
 
     async def _read(self, call: Any) -> None:
         async for message in call:

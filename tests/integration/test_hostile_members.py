@@ -43,6 +43,11 @@ def _cli(*args: str) -> subprocess.Popen:
 
 def _refusal(process: subprocess.Popen, seconds: float) -> tuple[int, str]:
     """Exit code and the last line on stderr (the CLI's one-line error; logs come before)."""
+    code, err = _finished(process, seconds)
+    return code, err.strip().splitlines()[-1]
+
+
+def _finished(process: subprocess.Popen, seconds: float) -> tuple[int, str]:
     try:
         _, err = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -50,7 +55,7 @@ def _refusal(process: subprocess.Popen, seconds: float) -> tuple[int, str]:
         process.communicate()
         pytest.fail(f"still running after {seconds} s: it was not refused")
     assert "Traceback" not in err, err
-    return process.returncode, err.strip().splitlines()[-1]
+    return process.returncode, err
 
 
 def _node_config(fed: LocalFederation, name: str, state_dir: Path, keys: Path) -> Path:
@@ -77,13 +82,16 @@ def test_a_second_process_with_a_members_keys_is_refused_and_the_real_node_keeps
         # while the coordinator gives unhcr's first stream time to prove itself dead, it works
         time.sleep(2.0)
         first = fed.client.run(JOB, timeout=60)
-        code, line = _refusal(twin, 45)
+        code, err = _finished(twin, 45)
     finally:
         if twin.poll() is None:
             twin.kill()
             twin.wait()
     assert code != 0
+    line = err.strip().splitlines()[-1]
     assert line.startswith("error: coordinator refused this node: unhcr is already connected")
+    assert "connected to coordinator" not in err  # it never was: its stream was refused
+    assert "connected to coordinator" in fed.log("unhcr").read_text()
     assert "another node running with these keys" in line
     second = fed.client.submit(JOB)
     fed.client.wait(second, timeout=60)
