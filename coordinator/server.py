@@ -165,6 +165,14 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
         self._streams[name] = stream
         return stream
 
+    async def close_streams(self, grace: float) -> None:
+        """End every node stream ourselves: streams that gRPC cancels at stop print tracebacks."""
+        for conn in list(self.jobs.nodes.values()):
+            conn.outbox.put_nowait(None)
+        ended = [stream.ended for stream in self._streams.values()]
+        if ended:
+            await asyncio.wait(ended, timeout=grace)
+
     def _register(self, name: str, conn: NodeConn) -> None:
         old = self.jobs.nodes.get(name)
         if old is not None:
@@ -241,7 +249,8 @@ async def serve(config: CoordinatorConfig) -> None:
     jobs = JobManager(store, roster, relay, config.job_timeout, audit)
     options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 0)]  # a port in use is an error
     server = grpc.aio.server(interceptors=[RosterAuth(roster, audit)], options=options)
-    wire_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(jobs, relay), server)
+    service = CoordinatorService(jobs, relay)
+    wire_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
     try:
         port = server.add_secure_port(config.listen, server_credentials(identity, roster_file))
     except RuntimeError:  # newer grpc versions raise where older ones returned 0
@@ -264,5 +273,6 @@ async def serve(config: CoordinatorConfig) -> None:
     watcher = asyncio.create_task(_watch_roster(roster_file, jobs))
     await stop.wait()
     watcher.cancel()
+    await service.close_streams(grace=2.0)
     await server.stop(grace=2.0)
     store.close()

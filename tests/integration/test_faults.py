@@ -77,6 +77,8 @@ def test_records_survive_a_coordinator_restart_and_nodes_reconnect(data_dir, tmp
         job_id = fed.client.submit(JOB)
         fed.client.wait(job_id, timeout=60)
         fed.restart_coordinator()
+        shutdown = fed.log("coordinator").read_text()
+        assert "Traceback" not in shutdown and "CancelledError" not in shutdown
         assert fed.client.status(job_id).state == "released"
         assert fed.client.result(job_id).table["count"].notna().any()
         fed.client.wait_for_nodes([*AGENCIES, "jips"], timeout=30)
