@@ -473,10 +473,15 @@ def file_source(dataset: str, spec: dict[str, Any]) -> FileSource:
 
 
 def source_for(dataset: str, spec: dict | str | Path) -> Source:
-    """Build a source from a node config entry: a path, a file table (`path`) or a
-    PostgreSQL table (`table`, `view` or `query`, with `url_env`, `url_file` or `url`)."""
+    """Build a source from a node config entry: a path, a file table (`path`), a Spark
+    dataset (`engine = "spark"`) or a PostgreSQL table (`table`, `view` or `query`, with
+    `url_env`, `url_file` or `url`)."""
     if not isinstance(spec, dict):
         return FileSource(dataset, Path(spec))
+    if spec.get("engine") == "spark":
+        from jointstats.node.spark_source import spark_source  # pyspark only when used
+
+        return spark_source(dataset, spec)
     if "path" in spec:
         return file_source(dataset, spec)
     if any(k in spec for k in ("table", "view", "query")):

@@ -1,0 +1,374 @@
+"""Spark datasets: a catalog table or a Parquet file/folder, aggregated by Spark.
+
+```toml
+[datasets.registry]
+engine = "spark"
+master = "local[*]"                 # or spark://host:7077, yarn, k8s://...
+path = "/data/registry/"            # Parquet file or folder; or: table = "db.registry"
+conf = { "spark.executor.memory" = "8g" }
+```
+
+The job's aggregation is pushed down as one GROUP BY (DESIGN §5.1) with the SQL that the DuckDB
+and PostgreSQL sources use (node/sources.py `filter_sql`, `aggregate_sql`), so the semantics of
+`[where]`, `[bins]`, sums, weights and values outside every band are the same by construction;
+only the aggregated rows reach this process. A linked job's `read_text` pushes the filters and
+bands down and collects the key and `by` columns only (Arrow); normalisation stays in
+protocols/linked/records.py (Spark SQL has no NFKC, and `lower`/`trim` are not `casefold` and
+Unicode `strip`).
+
+Column names enter SQL only after they were found in the relation's schema, quoted with
+backticks; job values travel as Spark's named parameters (`:name`), never in the SQL text.
+Spark's own messages (and its JVM's log) can quote data: they go to the node's local log; users
+get one value-free line naming the dataset and Spark's error class. pyspark is imported when a
+Spark dataset is first used, so nodes without Spark never load it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from jointstats.errors import ConfigError, DataError
+from jointstats.node.sources import (
+    ColumnSummary,
+    DatasetSummary,
+    GroupedRows,
+    aggregate_sql,
+    check_columns,
+    check_numeric,
+    filter_sql,
+    grouped_rows,
+    numeric_columns,
+    parse_declared,
+    require_rows,
+)
+from jointstats.protocols.filters import Bands, Condition
+
+log = logging.getLogger(__name__)
+
+SPARK_KEYS = {"engine", "master", "table", "path", "columns", "conf"}
+INSTALL_PYSPARK = 'engine = "spark" needs pyspark: pip install "jointstats[spark]"'
+INSTALL_JAVA = (
+    'engine = "spark" needs Java 17 or later: install a JRE (Debian: apt-get install '
+    "openjdk-17-jre-headless) or set JAVA_HOME"
+)
+# Small defaults that suit a node: the result of a GROUP BY is a few cells, so few shuffle
+# partitions; no web UI (a listening port) and no progress bar in the user's terminal.
+DEFAULT_CONF = {
+    "spark.app.name": "jointstats-node",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "2",
+}
+# In local mode the driver listens on loopback only (Spark's default is every interface).
+LOCAL_CONF = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+LOG4J = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = stderr
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n
+logger.repl.name = org.apache.spark.repl.Main
+logger.repl.level = error
+"""  # the `repl` logger at the root's level: no "Setting default log level" line
+NUMBER_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
+
+_lock = threading.Lock()
+_spark: dict[str, Any] = {}  # "session": the one SparkSession of this process
+_views = itertools.count()
+
+
+def spark_kind(engine_type: str) -> str:
+    """Kind (text, number, date, boolean, other) of a Spark type's simpleString."""
+    name = engine_type.lower()
+    if name == "string" or name.startswith(("varchar", "char")):
+        return "text"
+    if name.split("(")[0] in NUMBER_TYPES:
+        return "number"
+    if name in ("date", "timestamp", "timestamp_ntz", "timestamp_ltz"):
+        return "date"
+    return "boolean" if name == "boolean" else "other"
+
+
+def _quote(identifier: str) -> str:
+    return "`" + identifier.replace("`", "``") + "`"
+
+
+def _number(column: str) -> str:
+    return f"TRY_CAST({column} AS DOUBLE)"
+
+
+def _param(name: str) -> str:
+    return f":{name}"
+
+
+def _is_local(master: str) -> bool:
+    return master == "local" or master.startswith("local[")
+
+
+def _session_conf(master: str, conf: dict[str, str], log4j: Path) -> dict[str, str]:
+    """Defaults, then the dataset's `conf`, then our log4j file added to the driver's options."""
+    merged = {**DEFAULT_CONF, **(LOCAL_CONF if _is_local(master) else {}), **conf}
+    java = merged.get("spark.driver.extraJavaOptions", "")
+    merged["spark.driver.extraJavaOptions"] = f"{java} -Dlog4j2.configurationFile={log4j}".strip()
+    return {**merged, "spark.master": master}
+
+
+def _start(dataset: str, master: str, conf: dict[str, str]) -> Any:
+    """Launch the driver JVM with its output kept out of a terminal (it can quote data)."""
+    try:
+        from pyspark import SparkConf, SparkContext
+        from pyspark.java_gateway import launch_gateway
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError(f"dataset {dataset}: {INSTALL_PYSPARK}") from None
+    java_home = os.environ.get("JAVA_HOME")
+    if not (java_home and Path(java_home, "bin", "java").exists()) and not shutil.which("java"):
+        raise ConfigError(f"dataset {dataset}: {INSTALL_JAVA}")
+    # A node's stderr is its log file; a terminal (`node check`) gets nothing from the JVM.
+    out = subprocess.DEVNULL if sys.stderr.isatty() else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="jointstats-spark-") as folder:
+            log4j = Path(folder) / "log4j2.properties"  # read once, when the JVM starts
+            log4j.write_text(LOG4J)
+            settings = _session_conf(master, conf, log4j)
+            spark_conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
+            gateway = launch_gateway(spark_conf, {"stdout": out, "stderr": out})
+            with warnings.catch_warnings():  # pyspark's pandas-version notice, not ours
+                warnings.simplefilter("ignore", FutureWarning)
+                context = SparkContext(conf=spark_conf, gateway=gateway)
+    except Exception as exc:  # JAVA_GATEWAY_EXITED, a bad conf value, an unreachable master
+        log.info("dataset %s: Spark did not start: %s", dataset, exc)
+        raise ConfigError(
+            f"dataset {dataset}: Spark did not start (master {master}); it needs Java 17 or "
+            "later, and `conf` values Spark accepts (details in the node's log)"
+        ) from None
+    context.setLogLevel("ERROR")
+    return SparkSession(context)
+
+
+def spark_session(dataset: str, master: str, conf: dict[str, str]) -> Any:
+    """The process's one Spark session (a JVM holds one SparkContext): started by the first
+    Spark dataset used; every Spark dataset of a node must name the same master."""
+    with _lock:
+        session = _spark.get("session")
+        if session is not None and session.sparkContext._jsc is None:  # stopped
+            session = None
+        if session is None:
+            session = _spark["session"] = _start(dataset, master, conf)
+        elif session.sparkContext.master != master:
+            raise ConfigError(
+                f"dataset {dataset}: master {master} differs from another Spark dataset's; "
+                "a node uses one Spark master"
+            )
+        return session
+
+
+def stop_spark() -> None:
+    """Stop this process's Spark session (tests and benchmarks; nodes just exit)."""
+    with _lock:
+        session = _spark.pop("session", None)
+        if session is not None:
+            session.stop()
+
+
+@dataclass(frozen=True)
+class SparkSource:
+    """A Spark catalog table or a Parquet file/folder, aggregated by Spark."""
+
+    dataset: str
+    master: str
+    table: str | None = None
+    path: Path | None = None
+    declared: dict[str, str] = field(default_factory=dict)
+    conf: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def _session(self) -> Any:
+        return spark_session(self.dataset, self.master, self.conf)
+
+    @cached_property
+    def _frame(self) -> Any:
+        """The relation (schema read once); nothing is computed until a query runs."""
+        spark = self._session
+        if self.path is not None:
+            return self._guard(lambda: spark.read.parquet(str(self.path)))
+        return self._guard(lambda: spark.table(self.table))
+
+    @cached_property
+    def _view(self) -> str:
+        """The relation as a temporary view of the session, named for the SQL we send."""
+        name = f"jointstats_source_{next(_views)}"
+        self._guard(lambda: self._frame.createOrReplaceTempView(name))
+        return name
+
+    def _guard(self, run: Any) -> Any:
+        """Run a Spark call; its errors become one value-free line."""
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+
+        try:
+            with warnings.catch_warnings():  # pyspark's pandas-version notice, not ours
+                warnings.simplefilter("ignore", FutureWarning)
+                return run()
+        except (PySparkException, Py4JError) as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> DataError:
+        log.info("dataset %s: Spark error: %s", self.dataset, exc)
+        try:
+            condition = exc.getCondition() or ""  # type: ignore[attr-defined]
+        except Exception:  # a Py4J error, or the JVM is gone
+            condition = ""
+        where = f"path {self.path}" if self.path is not None else f"table {self.table}"
+        if condition == "PATH_NOT_FOUND":
+            return DataError(f"dataset {self.dataset}: {where} does not exist")
+        if condition == "TABLE_OR_VIEW_NOT_FOUND":
+            return DataError(
+                f"dataset {self.dataset}: Spark's catalog has no {where} "
+                "(check `table` and the catalog settings in `conf`)"
+            )
+        if self.path is not None and (
+            "PARQUET" in condition or condition.startswith(("FAILED_READ_FILE", "CANNOT_READ"))
+        ):
+            return DataError(
+                f"dataset {self.dataset}: {self.path.name} is not a valid Parquet file "
+                "(corrupt or truncated?)"
+            )
+        reason = condition or type(exc).__name__
+        return DataError(
+            f"dataset {self.dataset}: Spark refused the query ({reason}); check the dataset's "
+            "`table` or `path` (details in the node's log)"
+        )
+
+    def _sql(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        """A DataFrame of `sql` (which names the relation by `self._view`)."""
+        return self._guard(lambda: self._session.sql(sql, args=params or None))
+
+    def _collect(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        frame = self._sql(sql, params)
+        return [tuple(row) for row in self._guard(frame.collect)]
+
+    def column_types(self) -> dict[str, str]:
+        fields = self._frame.schema.fields
+        return {f.name: spark_kind(f.dataType.simpleString()) for f in fields}
+
+    def columns(self) -> list[str]:
+        return list(self.column_types())
+
+    def require_columns(self, needed: list[str]) -> dict[str, str]:
+        actual = self.column_types()
+        check_columns(self.dataset, actual, self.declared, needed)
+        return actual
+
+    def _filtered(
+        self, columns: list[str], where: tuple[Condition, ...], bins: dict[str, Bands]
+    ) -> tuple[list[str], str, dict[str, Any]]:
+        return filter_sql(_quote, _number, "STRING", _param, columns, where, bins)
+
+    def grouped(
+        self,
+        by: list[str],
+        value: str | None = None,
+        bounds: tuple[float, float] | None = None,
+        weight: str | None = None,
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
+    ) -> GroupedRows:
+        """One GROUP BY run by Spark (see sources.FileSource.grouped): only the cells come back."""
+        bins = bins or {}
+        needed = by + [c for c in (value, weight) if c] + [c.column for c in where]
+        actual = self.require_columns(needed)
+        check_numeric(self.dataset, actual, numeric_columns(where, bins))
+        keys, clause, params = self._filtered(by, where, bins)
+        aggregates = aggregate_sql(_quote, _number, "DOUBLE", _param, value, bounds, weight)
+        if value and bounds:
+            params |= {"lo": float(bounds[0]), "hi": float(bounds[1])}
+        groups = ", ".join(str(i + 1) for i in range(len(by)))
+        sql = f"SELECT {', '.join([*keys, *aggregates])} FROM {self._view}{clause}"
+        rows = self._collect(sql + (f" GROUP BY {groups}" if groups else ""), params)
+        grouped = grouped_rows(rows, len(by), value, weight)
+        return require_rows(self.dataset, grouped, filtered=bool(where))
+
+    def read_text(
+        self,
+        columns: list[str],
+        where: tuple[Condition, ...] = (),
+        bins: dict[str, Bands] | None = None,
+    ) -> pa.Table:
+        """Record-level columns as text (NULL stays NULL; a binned column as its band's label),
+        only rows that pass `where`, collected as Arrow: only these columns leave Spark."""
+        bins = bins or {}
+        actual = self.require_columns([*columns, *(c.column for c in where)])
+        check_numeric(self.dataset, actual, numeric_columns(where, bins))
+        keys, clause, params = self._filtered(columns, where, bins)
+        select = ", ".join(f"{k} AS {_quote(c)}" for k, c in zip(keys, columns, strict=True))
+        frame = self._sql(f"SELECT {select} FROM {self._view}{clause}", params)
+        table = self._guard(frame.toArrow)
+        schema = pa.schema([(c, pa.string()) for c in columns])
+        # Spark 4 hands strings over as large_string; the protocols expect string
+        arrays = [table.column(i).cast(pa.string()) for i in range(len(columns))]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def summary(self) -> DatasetSummary:
+        self.require_columns([])
+        fields = self._frame.schema.fields
+        nulls = ", ".join(f"count(*) - count({_quote(f.name)})" for f in fields)
+        row = self._collect(f"SELECT count(*), {nulls} FROM {self._view}")[0]
+        columns = [
+            ColumnSummary(f.name, spark_kind(f.dataType.simpleString()),
+                          f.dataType.simpleString(), int(n))
+            for f, n in zip(fields, row[1:], strict=True)
+        ]  # fmt: skip
+        if self.path is not None:
+            kind = "folder" if self.path.is_dir() else "file"
+            where = f"Parquet {kind} {self.path} through Spark ({self.master})"
+        else:
+            where = f"Spark table {self.table} ({self.master})"
+        return DatasetSummary(self.dataset, where, int(row[0]), columns)
+
+
+def _conf(dataset: str, spec: Any) -> dict[str, str]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in spec.items()
+    ):
+        raise ConfigError(f"dataset {dataset}: `conf` maps Spark settings to values")
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.items()}
+
+
+def spark_source(dataset: str, spec: dict[str, Any]) -> SparkSource:
+    """A SparkSource from a `[datasets.NAME]` table with `engine = "spark"` (docs/sources.md);
+    nothing is started until the dataset is used."""
+    unknown = set(spec) - SPARK_KEYS
+    if unknown:
+        raise ConfigError(f"dataset {dataset}: unknown field(s) {', '.join(sorted(unknown))}")
+    master = spec.get("master")
+    if not isinstance(master, str) or not master.strip():
+        raise ConfigError(f'dataset {dataset}: `master` is the Spark master, e.g. "local[*]"')
+    if master.startswith("sc://"):
+        raise ConfigError(f"dataset {dataset}: Spark Connect (sc://) is not supported yet")
+    given = [k for k in ("table", "path") if k in spec]
+    if len(given) != 1 or not isinstance(spec[given[0]], str) or not spec[given[0]].strip():
+        raise ConfigError(f"dataset {dataset}: give exactly one of `table` or `path` (Parquet)")
+    declared = parse_declared(dataset, spec.get("columns"))
+    conf = _conf(dataset, spec.get("conf"))
+    if given[0] == "path":
+        return SparkSource(dataset, master, path=Path(spec["path"]), declared=declared, conf=conf)
+    return SparkSource(dataset, master, table=spec["table"], declared=declared, conf=conf)
