@@ -27,7 +27,7 @@ POOLED_JOB = {
     "sum": "income",
     "bounds": [0, 5000],
     "domains": {"region": REGIONS, "displacement_status": STATUSES},
-    "disclosure": {"min_cell": 10},
+    "disclosure": {"min_cell": 10, "margins": True},
 }
 
 
@@ -101,7 +101,7 @@ def write_demo_data(root: Path, rows: int, seed: int = 7) -> dict[str, Path]:
     for agency in AGENCIES:
         frame = pd.DataFrame(
             {
-                "region": rng.choice(REGIONS, rows, p=[0.5, 0.3, 0.1997, 0.0003]),
+                "region": rng.choice(REGIONS, rows, p=[0.5, 0.3, 0.1994, 0.0006]),
                 "displacement_status": rng.choice(STATUSES, rows, p=[0.55, 0.3, 0.15]),
                 "income": rng.gamma(2.0, 600.0, rows).round(2),
             }
@@ -129,28 +129,66 @@ def write_demo_data(root: Path, rows: int, seed: int = 7) -> dict[str, Path]:
     return files
 
 
-def _truth(files: dict[str, Path]) -> pd.DataFrame:
+def _truth(files: dict[str, Path]) -> dict[tuple[str, str], tuple[int, float]]:
+    """(count, sum) per cell and per total ("total" in place of a `by` value), in the clear."""
     frame = pd.concat([pd.read_csv(files[a]) for a in AGENCIES])
     frame["income"] = frame["income"].clip(*POOLED_JOB["bounds"])
-    grouped = frame.groupby(POOLED_JOB["by"]).agg(count=("income", "size"), sum=("income", "sum"))
-    return grouped
+    region, status = POOLED_JOB["by"]
+    truth: dict[tuple[str, str], tuple[int, float]] = {}
+    for keys in ([region, status], [region], [status], []):
+        frame_keys = frame.assign(**{c: "total" for c in (region, status) if c not in keys})
+        grouped = frame_keys.groupby([region, status])["income"].agg(["size", "sum"])
+        truth.update({key: (int(n), float(total)) for key, (n, total) in grouped.iterrows()})
+    return truth
 
 
-def _side_by_side(released: pd.DataFrame, truth: pd.DataFrame) -> Table:
+def _true_cell(count: int, suppressed: bool, k: int) -> str:
+    """The true count, and why it was suppressed: below k, or to protect another cell."""
+    if not suppressed:
+        return str(count)
+    return f"{count} [dim](below {k})[/dim]" if count < k else f"{count} [dim](protects)[/dim]"
+
+
+def _side_by_side(
+    released: pd.DataFrame, truth: dict[tuple[str, str], tuple[int, float]], k: int
+) -> Table:
     table = Table("region", "status", "released count", "released mean", "true count", "true mean")
     for row in released.itertuples(index=False):
-        key = (row.region, row.displacement_status)
-        true_count = int(truth["count"].get(key, 0))
-        true_mean = truth["sum"].get(key, 0.0) / true_count if true_count else float("nan")
+        true_count, true_sum = truth.get((row.region, row.displacement_status), (0, 0.0))
+        true_mean = f"{true_sum / true_count:.2f}" if true_count else ""
         shown = (
             ("[yellow]suppressed[/yellow]", "")
             if row.suppressed
             else (str(int(row.count)), f"{row.mean:.2f}")
         )
-        table.add_row(
-            row.region, row.displacement_status, *shown, str(true_count), f"{true_mean:.2f}"
-        )
+        true_shown = _true_cell(true_count, row.suppressed, k)
+        table.add_row(row.region, row.displacement_status, *shown, true_shown, true_mean)
     return table
+
+
+def pooled_learned(table: pd.DataFrame, metadata: dict, rows: int) -> str:
+    """What each party learned in the pooled job, in this run's numbers."""
+    entries, suppressed = len(table), int(table["suppressed"].sum())
+    secondary = metadata.get("secondary_suppressed", 0)
+    k = metadata["disclosure"]["min_cell"]
+    return (
+        f"What each party learned: {', '.join(AGENCIES)} ({rows} rows each) learned the released "
+        f"table and which {suppressed - secondary} of its {entries} cells and totals were below "
+        f"{k} before the {secondary} protecting them were chosen; each can subtract its own "
+        "counts from a released cell, nothing else. The analyst saw the final pattern only. "
+        "The coordinator relayed encrypted messages: their sizes and timing."
+    )
+
+
+def linked_learned(metadata: dict, left_rows: int, right_rows: int) -> str:
+    """What each party learned in a linked job, in this run's numbers."""
+    matched = metadata["matched"]
+    return (
+        f"What each party learned: the ministry, that the survey has {right_rows} records and "
+        f"{matched} were linked (not which); the survey, that the registry has {left_rows} "
+        f"and {matched} were linked; jips, both sizes and which of the {matched} encrypted, "
+        "shuffled entries correspond, never an identifier or attribute; everybody, the table."
+    )
 
 
 def _linked_side_by_side(released: pd.DataFrame, files: dict[str, Path]) -> Table:
@@ -235,12 +273,16 @@ def run_demo(out: Console, err: Console, workdir: Path | None, rows: int) -> Non
             f"\n[bold]Pooled crosstab[/bold] over {', '.join(AGENCIES)} ({rows} rows each), "
             f"min_cell {result.metadata['disclosure']['min_cell']}"
         )
-        out.print(_side_by_side(result.table, _truth(files)))
+        k = result.metadata["disclosure"]["min_cell"]
+        out.print(_side_by_side(result.table, _truth(files), k))
         _print_timings(out, result.metadata)
         out.print(
             "Only the released column left the MPC session; the truth is computed here "
-            "from the pooled files for comparison."
+            "from the pooled files for comparison. With the totals released, a lone suppressed "
+            "cell in a row or column would be its total minus the others, so more cells are "
+            "suppressed to protect it, chosen without looking at their values."
         )
+        out.print(pooled_learned(result.table, result.metadata, rows), style="cyan")
         out.print(
             "\n[bold]Linked crosstab[/bold]: ministry's IDP registry x survey's households, "
             f"linked on national_id through jips; matched {linked.metadata['matched']}, "
@@ -252,6 +294,8 @@ def run_demo(out: Console, err: Console, workdir: Path | None, rows: int) -> Non
             "Neither the ministry nor the survey learned who is in the other's data; jips saw "
             "only keyed tags; the truth is computed here by joining the files in the clear."
         )
+        sizes = [len(pd.read_csv(files[side], usecols=[0])) for side in ("ministry", "survey")]
+        out.print(linked_learned(linked.metadata, *sizes), style="cyan")
         quality = fuzzy.metadata["linkage"]
         out.print(
             "\n[bold]Fuzzy linked crosstab[/bold]: a Cyrillic registry x a Latin survey with no "

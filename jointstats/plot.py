@@ -83,10 +83,10 @@ def _caption(result: Result, measure: str) -> str:
         margins = (result.job.get("disclosure") or {}).get("margins")
         base = "released totals" if margins else "the sum of released cells"
         measure = f"{mode} share of {share_measure(result.table)} (over {base})"
-    return (
-        f"{measure} · cells below min_cell = {disclosure.get('min_cell')} suppressed "
-        f"(hatched grey){count} · {noise}"
-    )
+    why = f"below min_cell = {disclosure.get('min_cell')}"
+    if result.metadata.get("secondary_suppressed"):
+        why += " or protecting one that is"
+    return f"{measure} · cells {why} suppressed (hatched grey){count} · {noise}"
 
 
 def _by_columns(result: Result) -> list[str]:

@@ -135,3 +135,29 @@ def test_demo_timings_are_worded_for_people() -> None:
     assert timing_words(meta) == (
         "took reading the data 1.0 s, connecting 1.2 s, linking 4.6 s, the whole MPC session 5.3 s"
     )
+
+
+def test_demo_data_shows_secondary_suppression_and_says_what_each_party_learned(
+    tmp_path: Path,
+) -> None:
+    from jointstats import demo
+    from jointstats.protocols import suppression
+    from jointstats.protocols.release import entry_indices
+
+    files = demo.write_demo_data(tmp_path, 20000)
+    truth = demo._truth(files)
+    regions, statuses = demo.REGIONS, demo.STATUSES
+    counts = [truth.get((r, s), (0, 0.0))[0] for r in regions for s in statuses]
+    k = demo.POOLED_JOB["disclosure"]["min_cell"]
+    entries = [sum(counts[i] for i in cells) for cells in entry_indices((4, 3), margins=True)]
+    primary = [c < k for c in entries]
+    pattern = suppression.complete_pattern(suppression.layout((4, 3), True, False), primary, k, k)
+    assert 0 < sum(primary) < sum(pattern)  # the demo's table needs cells that protect others
+    table = pd.DataFrame({"suppressed": pattern})
+    secondary = sum(pattern) - sum(primary)
+    line = demo.pooled_learned(
+        table, {"secondary_suppressed": secondary, "disclosure": {"min_cell": k}}, 20000
+    )
+    assert f"which {sum(primary)} of its 20 cells and totals were below {k}" in line
+    linked = demo.linked_learned({"matched": 10000}, 20000, 15000)
+    assert "the survey has 15000 records and 10000 were linked" in linked
