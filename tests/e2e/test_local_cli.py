@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -116,3 +117,55 @@ def test_an_unsupported_out_suffix_fails_before_any_work(data_dir: Path, tmp_pat
     )  # fmt: skip
     assert run.returncode == 2 and "use .csv, .json or .parquet" in run.stderr
     assert not (tmp_path / "state").exists()
+
+
+BANDS = ["0-18", "18-60", "60-80"]
+ISSUE_EXAMPLE_TOML = """
+kind = "crosstab"
+dataset = "people"
+by = ["oblast", "age"]
+[where]
+status = ["idp", "returnee"]
+age = { max = 79 }
+[bins]
+age = [0, 18, 60, 80]
+[domains]
+oblast = ["Odeska", "Mykolaivska", "Khersonska", "Kirovohradska"]
+[disclosure]
+min_cell = 10
+"""
+
+
+def test_local_runs_the_filtered_banded_example_as_pandas_does(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    oblasts = ["Odeska", "Mykolaivska", "Khersonska", "Kirovohradska"]
+    frames = {}
+    for name, rows in (("odesa", 500), ("mykolaiv", 300)):
+        frames[name] = pd.DataFrame(
+            {
+                "oblast": rng.choice(oblasts, rows, p=[0.5, 0.3, 0.17, 0.03]),
+                "age": rng.integers(0, 100, rows),
+                "status": rng.choice(["idp", "returnee", "host"], rows, p=[0.5, 0.3, 0.2]),
+            }
+        )
+        (tmp_path / name).mkdir()
+        frames[name].to_csv(tmp_path / name / "people.csv", index=False)
+    (tmp_path / "job.toml").write_text(ISSUE_EXAMPLE_TOML)
+    run = _jointstats(
+        "local", "job.toml", "--node", "odesa=odesa/people.csv",
+        "--node", "mykolaiv=mykolaiv/people.csv", "--node", "jips", "--out", "out.csv",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    people = pd.concat(frames.values())
+    kept = people[people["status"].isin(["idp", "returnee"]) & (people["age"] <= 79)].copy()
+    kept["age"] = pd.cut(kept["age"], [0, 18, 60, 80], right=False, labels=BANDS).astype(str)
+    expected = expected_crosstab(kept, ["oblast", "age"], {"oblast": oblasts, "age": BANDS}, 10)
+    table = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert list(zip(table["oblast"], table["age"], strict=True)) == list(
+        zip(expected["oblast"], expected["age"], strict=True)
+    )
+    assert list(table["suppressed"]) == ["true" if s else "false" for s in expected["suppressed"]]
+    released = ~expected["suppressed"]
+    assert [int(c) for c in table.loc[released, "count"]] == list(expected.loc[released, "count"])
+    assert expected["suppressed"].any() and released.any()
