@@ -14,10 +14,13 @@ peer data through `mpc.transfer`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -42,7 +45,7 @@ from jointstats.jobs import parse_job_bytes  # noqa: E402
 from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.policy import check_contribution  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
-from jointstats.node.sources import source_for  # noqa: E402
+from jointstats.node.sources import FileSource, Source, source_for  # noqa: E402
 from jointstats.protocols import parse_job, suppression  # noqa: E402, F401 (scipy preloaded)
 from jointstats.protocols.base import SessionContext  # noqa: E402
 from jointstats.session import SessionSpec  # noqa: E402
@@ -53,6 +56,7 @@ HANDSHAKE_SECONDS = 30.0
 PRECONNECT_ENV = "JOINTSTATS_PRECONNECT"
 PRECONNECT_SECONDS = 10.0
 BYE_SECONDS = 10.0
+CACHE_ENV = "JOINTSTATS_CSV_CACHE_DIR"  # set by the node's WorkerPool
 
 
 class RelayChannel:
@@ -145,6 +149,14 @@ async def _preconnect() -> grpc.aio.Channel | None:
         return None
 
 
+def _cached(source: Source) -> Source:
+    """CSV sources keep a columnar copy in the node's state folder (node/csv_cache.py)."""
+    folder = os.environ.get(CACHE_ENV)
+    if folder and isinstance(source, FileSource) and source.format == "csv":
+        return dataclasses.replace(source, cache_dir=Path(folder))
+    return source
+
+
 async def run_session(
     spec: SessionSpec,
     channel: grpc.aio.Channel | None = None,
@@ -156,7 +168,7 @@ async def run_session(
     protocol, job = parse_job(parse_job_bytes(spec.job_json.encode()))
     local = None
     if spec.node in spec.data_parties:
-        sources = {name: source_for(name, entry) for name, entry in spec.datasets.items()}
+        sources = {name: _cached(source_for(name, entry)) for name, entry in spec.datasets.items()}
         local = await asyncio.to_thread(protocol.local_step, job, spec.node, sources)
     timings = {"local": time.perf_counter() - started}
     facts_of = getattr(protocol, "local_facts", None)
@@ -266,5 +278,76 @@ def main() -> int:
     os._exit(code)  # don't wait for gRPC or MPyC threads
 
 
+def fork_server(fd: int) -> int:
+    """Serve fork requests on the node's socket `fd` (node/workers.py, `ForkServer`).
+
+    This process imported everything once and never starts gRPC or an event loop, so a fork
+    of it is a clean worker in milliseconds (the node itself runs gRPC threads: never fork it).
+    A request is one JSON packet {"env": {...}} with three descriptors: the worker's stdin,
+    stdout and stderr. The answer is b"ok" with a pidfd of the child, which the node uses to
+    signal and await it (no pid reuse races). EOF on the socket: the node is gone, so exit."""
+    sock = socket.socket(fileno=fd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
+    threads = len(os.listdir("/proc/self/task"))
+    if threads > 1:  # a fork copies no thread: a library's pool would be missing in children
+        log.warning("fork server: %d threads after imports", threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+        except OSError:
+            return 0
+        if not message:
+            return 0
+        if len(fds) != 3:
+            for extra in fds:
+                os.close(extra)
+            sock.send(b"error: a request carries three descriptors")
+            continue
+        # SIGCHLD stays blocked until the pidfd is open, so that the reaper cannot free the pid
+        # of a child that exits at once before we hold it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _become_worker(sock, fds, message)
+            pidfd = os.pidfd_open(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        for passed in fds:
+            os.close(passed)
+        try:
+            socket.send_fds(sock, [b"ok"], [pidfd])
+        finally:
+            os.close(pidfd)
+
+
+def _reap() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _become_worker(sock: socket.socket, fds: list[int], message: bytes) -> None:
+    """In the forked child: take the node's pipes as stdin/stdout/stderr and run `main`."""
+    code = 1
+    try:
+        sock.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        os.setsid()  # its own process group, as a worker started by exec
+        for target, passed in enumerate(fds):
+            os.dup2(passed, target)
+            os.close(passed)
+        env = json.loads(message)["env"]
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        code = main()
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fork-server"]:
+        sys.exit(fork_server(int(sys.argv[2])))
     sys.exit(main())
