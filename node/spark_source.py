@@ -105,6 +105,18 @@ def spark_kind(engine_type: str) -> str:
     return "boolean" if name == "boolean" else "other"
 
 
+def _condition(exc: Exception) -> str:
+    """Spark's error class (e.g. PATH_NOT_FOUND): a fixed name, never data. pyspark converts
+    analysis errors; a SparkException from a job arrives as the raw Java exception."""
+    try:
+        if hasattr(exc, "getCondition"):
+            return str(exc.getCondition() or "")
+        java = getattr(exc, "java_exception", None)
+        return str(java.getCondition() or "") if java is not None else ""
+    except Exception:  # not a SparkThrowable, or the JVM is gone
+        return ""
+
+
 def _quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
@@ -231,10 +243,7 @@ class SparkSource:
 
     def _error(self, exc: Exception) -> DataError:
         log.info("dataset %s: Spark error: %s", self.dataset, exc)
-        try:
-            condition = exc.getCondition() or ""  # type: ignore[attr-defined]
-        except Exception:  # a Py4J error, or the JVM is gone
-            condition = ""
+        condition = _condition(exc)
         where = f"path {self.path}" if self.path is not None else f"table {self.table}"
         if condition == "PATH_NOT_FOUND":
             return DataError(f"dataset {self.dataset}: {where} does not exist")
