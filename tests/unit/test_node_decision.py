@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jointstats.config import NodeConfig, Policy
-from jointstats.errors import ConfigError
+from jointstats.errors import ConfigError, RefusedError
 from jointstats.keys import Identity, Roster, new_member
-from jointstats.node.policy import Offer, decide
+from jointstats.node.policy import Offer, decide, recheck
 from jointstats.node.state import NodeState
 from jointstats.signing import DEFAULT_TTL_SECONDS, SignedJob
 from jointstats.signing import sign_job as sign_with_parties
@@ -305,3 +305,16 @@ def test_an_offer_refused_after_charging_and_an_abort_before_start_refund(
     assert node.state.spent("households") == 0
     assert [e["job_id"] for e in _events(node) if e["event"] == "EPSILON_REFUNDED"][1:] == [job_id]
     node.state.close()
+
+
+def test_an_approved_job_offered_again_with_other_parties_is_refused_on_recheck(world) -> None:
+    """A coordinator re-offers a held, approved job after a reconnect, with the same signed
+    envelope but another party list beside it (its own compute node in place of nrc)."""
+    config, roster, state, alice, _ = world
+    signed = sign_job(JOB, alice)
+    first = decide(config, roster, state, _offer(signed))
+    assert first.accept
+    assert recheck(config, roster, _offer(signed), first.epsilon).accept
+    substituted = Offer(signed, ["unhcr", "drc", "jips"], ["unhcr", "drc"])
+    with pytest.raises(RefusedError, match="analyst signed"):
+        recheck(config, roster, substituted, first.epsilon)
