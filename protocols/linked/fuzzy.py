@@ -43,8 +43,10 @@ HASHES = {"name": 12, "text": 6}  # bits per bigram; ~9 bigrams per name, ~25 pe
 FLIP = 0.02  # BLIP: probability that each filter bit is flipped (0 disables hardening)
 DATE_TAGS = 10
 WIDTHS = {"name": BLOOM_WORDS, "text": BLOOM_WORDS, "date": DATE_TAGS, "exact": 1}
-_FOLDS = (("shch", "sc"), ("kh", "h"), ("ph", "f"), ("ck", "k"), ("x", "ks"), ("w", "v"))
-_FOLDS += (("q", "k"), ("g", "h"), ("y", "i"), ("j", "i"), ("ii", "i"))
+# order matters: shch/sch before h is touched, ts -> c before ck -> k (Kozatska, Kozacka)
+_FOLDS = (("shch", "sc"), ("sch", "sc"), ("kh", "h"), ("ph", "f"), ("ts", "c"), ("ck", "k"))
+_FOLDS += (("x", "ks"), ("w", "v"), ("q", "k"), ("g", "h"), ("y", "i"), ("j", "i"), ("ii", "i"))
+_APOSTROPHES = str.maketrans("", "", "'`\u2019\u02bc")  # soft sign and apostrophe: dropped
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 # street-type words that one side writes and the other leaves out (after `fold`)
 ADDRESS_WORDS = frozenset(
@@ -65,7 +67,9 @@ def width(kind: str) -> int:
 def latin(text: str) -> str:
     """Any script to lower-case ASCII letters, digits and spaces."""
     ascii_text = anyascii(unicodedata.normalize("NFKC", text)).casefold()
-    return _NOT_WORD.sub(" ", ascii_text).strip()
+    # anyascii writes the soft sign as an apostrophe that transliterations leave out:
+    # dropped, not a word break (Козацька -> kozatska, as Kozatska)
+    return _NOT_WORD.sub(" ", ascii_text.translate(_APOSTROPHES)).strip()
 
 
 def fold(text: str) -> str:
@@ -121,14 +125,22 @@ def skeleton(text: str) -> str:
     return _VOWELS.sub("", text.replace(" ", ""))
 
 
+_DIGITS = re.compile(r"[0-9]+")
+NAME_TOKEN = 99  # consonants of a name that a blocking token keeps
+
+
 def block_token(kind: str, value: str, part: str = "") -> str:
     if kind == "date":
-        if part == "daymonth":  # sorted, so that a swap of day and month still agrees
-            return "".join(sorted((value[4:6], value[6:8])))
-        return value[:4] if part == "year" else value
-    if kind in ("name", "text"):
+        day_month = "".join(sorted((value[4:6], value[6:8])))  # a swap still agrees
+        return {"year": value[:4], "daymonth": day_month, "sorted": value[:4] + day_month}.get(
+            part, value
+        )
+    if kind == "name":
         consonants = skeleton(value)
-        return (consonants if len(consonants) >= 2 else value)[: 3 if kind == "name" else 4]
+        return (consonants if len(consonants) >= 2 else value)[:NAME_TOKEN]
+    if kind == "text":  # a place: the first consonants of its words, and its numbers
+        letters = _DIGITS.sub("", skeleton(value))
+        return (letters if len(letters) >= 2 else value)[:4] + "".join(_DIGITS.findall(value))
     return value
 
 
@@ -139,13 +151,15 @@ def blocked_fields(fields: Iterable[LinkField]) -> list[set[int]]:
 
 def passes(fields: Iterable[LinkField]) -> list[tuple[tuple[int, str], ...]]:
     """Blocking passes: (field index, part) tuples whose tokens must all agree. Every date
-    alone; every pair of name/text fields; every name with the year of every date, and with
-    its day and month (in sorted order, so a swap still agrees)."""
+    alone (day and month in sorted order, so a swap still agrees); every pair of name/text
+    fields; every name with the year of every date, and with its day and month. Each pass
+    is selective on its own (a few pairs per record at 1e5 x 1e5 on the synthetic set);
+    a true pair is missed only when every pass has a broken token."""
     fields = list(fields)
     dates = [k for k, f in enumerate(fields) if f.kind == "date"]
     words = [k for k, f in enumerate(fields) if f.kind in ("name", "text")]
     names = [k for k, f in enumerate(fields) if f.kind == "name"]
-    out: list[tuple[tuple[int, str], ...]] = [((d, ""),) for d in dates]
+    out: list[tuple[tuple[int, str], ...]] = [((d, "sorted"),) for d in dates]
     out += [((a, ""), (b, "")) for x, a in enumerate(words) for b in words[x + 1 :]]
     out += [((n, ""), (d, "year")) for n in names for d in dates]
     out += [((n, ""), (d, "daymonth")) for n in names for d in dates]
@@ -162,19 +176,39 @@ def subkey(key: bytes, purpose: str) -> bytes:
     return hashlib.blake2b(purpose.encode(), key=key, digest_size=32).digest()
 
 
-def keyed_tags(values: list[str | None], key: bytes) -> np.ndarray:
+def _distinct(values: pa.Array | list[str | None]) -> tuple[list[str], np.ndarray]:
+    """Distinct non-missing values and, per record, the index of its value (-1 if missing):
+    every keyed hash below is computed once per distinct value, never per record."""
+    array = values if isinstance(values, pa.Array) else pa.array(values, type=pa.string())
+    encoded = pc.dictionary_encode(array)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return encoded.dictionary.to_pylist(), codes
+
+
+def _tags_of(distinct: list[str], key: bytes) -> np.ndarray:
+    """8-byte keyed BLAKE2b of each distinct value as uint64, lowest bit set (never 0)."""
+    copy = hashlib.blake2b(key=key, digest_size=8).copy
+    digests = []
+    for value in distinct:
+        h = copy()
+        h.update(value.encode())
+        digests.append(h.digest())
+    tags = np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
+    return tags | np.uint64(1)
+
+
+def _take(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Rows of `table` per record code; missing (-1) gives zeros (the "missing" encoding)."""
+    padded = np.concatenate([table, np.zeros((1, *table.shape[1:]), dtype=table.dtype)])
+    return padded[codes]  # code -1 picks the zero row appended last
+
+
+def keyed_tags(values: pa.Array | list[str | None], key: bytes) -> np.ndarray:
     """8-byte keyed BLAKE2b of each value as uint64 (lowest bit set); 0 for a missing value."""
-    out = np.zeros(len(values), dtype=np.uint64)
-    cache: dict[str, int] = {}
-    for k, value in enumerate(values):
-        if value is None:
-            continue
-        tag = cache.get(value)
-        if tag is None:
-            digest = hashlib.blake2b(value.encode(), key=key, digest_size=8).digest()
-            tag = cache[value] = int.from_bytes(digest, "little") | 1
-        out[k] = tag
-    return out
+    distinct, codes = _distinct(values)
+    return _take(_tags_of(distinct, key), codes)
 
 
 def bigrams(text: str) -> set[str]:
@@ -182,50 +216,78 @@ def bigrams(text: str) -> set[str]:
     return {padded[k : k + 2] for k in range(len(padded) - 1)}
 
 
-def bloom(
-    values: list[str | None], kind: str, key: bytes, flip: float, rng: np.random.Generator
-) -> np.ndarray:
-    """(n, BLOOM_WORDS) uint64 Bloom filters; rows of missing values are all zero."""
+def _filters_of(distinct: list[str], kind: str, key: bytes) -> np.ndarray:
+    """(distinct, BLOOM_WORDS) packed Bloom filters, bit b in word b // 64 at b % 64."""
     hashes = HASHES[kind]
-    positions: dict[str, np.ndarray] = {}
-    distinct: dict[str, np.ndarray] = {}
-    bits = np.zeros((len(values), BLOOM_BITS), dtype=bool)
-    present = np.zeros(len(values), dtype=bool)
-    for k, value in enumerate(values):
-        if value is None:
-            continue
-        row = distinct.get(value)
-        if row is None:
-            row = np.zeros(BLOOM_BITS, dtype=bool)
-            for gram in bigrams(value):
-                where = positions.get(gram)
-                if where is None:
-                    digest = hashlib.blake2b(gram.encode(), key=key, digest_size=2 * hashes)
-                    where = np.frombuffer(digest.digest(), dtype="<u2") % BLOOM_BITS
-                    positions[gram] = where
-                row[where] = True
-            distinct[value] = row
-        bits[k] = row
-        present[k] = True
-    if flip:
-        bits ^= (rng.random(bits.shape) < flip) & present[:, None]
+    grams = sorted({g for value in distinct for g in bigrams(value)})
+    copy = hashlib.blake2b(key=key, digest_size=2 * hashes).copy
+    where = np.zeros((len(grams), hashes), dtype=np.int64)
+    for g, gram in enumerate(grams):
+        h = copy()
+        h.update(gram.encode())
+        where[g] = np.frombuffer(h.digest(), dtype="<u2") % BLOOM_BITS
+    index = {gram: g for g, gram in enumerate(grams)}
+    rows, cols = [], []
+    for v, value in enumerate(distinct):
+        for gram in bigrams(value):
+            rows.append(v)
+            cols.append(index[gram])
+    bits = np.zeros((len(distinct), BLOOM_BITS), dtype=bool)
+    if rows:
+        r = np.repeat(np.asarray(rows), hashes)
+        bits[r, where[np.asarray(cols)].ravel()] = True
     return np.packbits(bits, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
-def date_tags(values: list[str | None], key: bytes) -> np.ndarray:
+def _flip(filters: np.ndarray, present: np.ndarray, flip: float, rng: np.random.Generator):
+    """BLIP in place: each bit of each present filter flipped independently with probability
+    `flip`. The gaps between flipped bits of a Bernoulli process are geometric, so drawing them
+    gives exactly that distribution without a random number per bit."""
+    rows = np.flatnonzero(present)
+    total = len(rows) * BLOOM_BITS
+    if not total or not flip:
+        return
+    chunks, reached = [], -1
+    while reached < total - 1:
+        gaps = rng.geometric(flip, size=int(total * flip * 1.05) + 64)
+        positions = reached + np.cumsum(gaps)
+        chunks.append(positions[positions < total])
+        reached = int(positions[-1])
+    positions = np.concatenate(chunks)
+    bit = positions % BLOOM_BITS
+    masks = np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64))
+    np.bitwise_xor.at(filters, (rows[positions // BLOOM_BITS], bit // 64), masks)
+
+
+def bloom(
+    values: pa.Array | list[str | None],
+    kind: str,
+    key: bytes,
+    flip: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n, BLOOM_WORDS) uint64 Bloom filters; rows of missing values are all zero."""
+    distinct, codes = _distinct(values)
+    filters = _take(_filters_of(distinct, kind, key), codes)
+    _flip(filters, codes >= 0, flip, rng)
+    return filters
+
+
+def _date_variants(value: str) -> list[str]:
+    """The date, the date with day and month sorted, and the date with each digit blanked."""
+    day_month = "".join(sorted((value[4:6], value[6:8])))
+    return [value, value[:4] + day_month, *(f"{d}:{value[:d]}?{value[d + 1 :]}" for d in range(8))]
+
+
+def date_tags(values: pa.Array | list[str | None], key: bytes) -> np.ndarray:
     """(n, DATE_TAGS): the date, day and month sorted, and each digit blanked in turn."""
-    variants: list[list[str | None]] = [[] for _ in range(DATE_TAGS)]
-    for value in values:
-        if value is None:
-            for column in variants:
-                column.append(None)
-            continue
-        day_month = "".join(sorted((value[4:6], value[6:8])))
-        variants[0].append(value)
-        variants[1].append(value[:4] + day_month)
-        for d in range(8):
-            variants[2 + d].append(f"{d}:{value[:d]}?{value[d + 1 :]}")
-    return np.stack([keyed_tags(v, subkey(key, f"date {c}")) for c, v in enumerate(variants)], 1)
+    distinct, codes = _distinct(values)
+    variants = [_date_variants(v) for v in distinct]
+    columns = [
+        _tags_of([row[c] for row in variants], subkey(key, f"date {c}")) for c in range(DATE_TAGS)
+    ]
+    table = np.stack(columns, 1) if distinct else np.zeros((0, DATE_TAGS), dtype=np.uint64)
+    return _take(table, codes)
 
 
 def encode_field(
@@ -236,31 +298,48 @@ def encode_field(
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """One normalised field of every record as (n, width(kind)) uint64 words."""
-    listed = values.to_pylist()
     if kind in ("name", "text"):
         rng = rng or np.random.default_rng(secrets.randbits(128))
-        return bloom(listed, kind, key, flip, rng)
+        return bloom(values, kind, key, flip, rng)
     if kind == "date":
-        return date_tags(listed, key)
-    return keyed_tags(listed, key)[:, None]
+        return date_tags(values, key)
+    return keyed_tags(values, key)[:, None]
+
+
+def _token_codes(column: pa.Array, kind: str, part: str) -> tuple[list[str], np.ndarray]:
+    """Distinct blocking tokens of one field (part) and each record's token index (-1)."""
+    distinct, codes = _distinct(column)
+    tokens = [block_token(kind, value, part) for value in distinct]
+    names, inverse = np.unique(np.asarray(tokens, dtype=object), return_inverse=True)
+    table = np.append(inverse.astype(np.int64), -1)
+    return [str(n) for n in names], table[codes]
 
 
 def blocking_keys(columns: list[pa.Array], fields: list[LinkField], key: bytes) -> np.ndarray:
     """(n, len(passes)) keyed tags; 0 where a field of the pass is missing."""
-    listed = [c.to_pylist() for c in columns]
+    n = len(columns[0]) if columns else 0
     out = []
     for p, parts in enumerate(passes(fields)):
-        values: list[str | None] = []
-        for k in range(len(listed[0]) if listed else 0):
+        combined = np.zeros(n, dtype=np.int64)
+        missing = np.zeros(n, dtype=bool)
+        names: list[list[str]] = []
+        for f, part in parts:
+            tokens, codes = _token_codes(columns[f], fields[f].kind, part)
+            combined = combined * (len(tokens) + 1) + codes + 1
+            missing |= codes < 0
+            names.append(tokens)
+        combos, inverse = np.unique(combined[~missing], return_inverse=True)
+        strings = []
+        for combo in combos.tolist():  # decode the mixed-radix code into its tokens
             tokens = []
-            for f, part in parts:
-                value = listed[f][k]
-                if value is None:
-                    break
-                tokens.append(block_token(fields[f].kind, value, part))
-            values.append("\x1f".join(tokens) if len(tokens) == len(parts) else None)
-        out.append(keyed_tags(values, subkey(key, f"block {p}")))
-    return np.stack(out, 1) if out else np.zeros((0, 0), dtype=np.uint64)
+            for values in reversed(names):
+                combo, digit = divmod(combo, len(values) + 1)
+                tokens.append(values[digit - 1])
+            strings.append("\x1f".join(reversed(tokens)))
+        tags = np.zeros(n, dtype=np.uint64)
+        tags[~missing] = _tags_of(strings, subkey(key, f"block {p}"))[inverse]
+        out.append(tags)
+    return np.stack(out, 1) if out else np.zeros((n, 0), dtype=np.uint64)
 
 
 def encode(

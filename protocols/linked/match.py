@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from jointstats.errors import JobError
 
@@ -33,9 +32,12 @@ DICE_LEVELS = (0.55, 0.7, 0.84)  # Dice at or above these: levels 1, 2, 3
 LEVELS = {"name": 4, "text": 4, "date": 4, "exact": 2}
 MAX_BLOCK_PAIRS = 250_000  # a block this big is skipped in its pass (it is not selective)
 MAX_CANDIDATES = 50_000_000  # H refuses a job whose blocking is this coarse
+PAIRS_PER_RECORD = 40  # candidate budget: blocks smallest first, up to this many pairs per record
 RANDOM_PAIRS = 200_000  # pairs sampled to estimate u
 CHUNK = 200_000  # candidate pairs compared at once (memory ~ CHUNK x 8 words x 8 bytes)
 HISTOGRAM_BINS = 10
+RADIX = 5  # levels -1..3 shifted to 0..4: one base-5 digit per field in a pattern code
+MAX_DENSE_PATTERNS = 5**9  # up to 9 fields, patterns are counted in a dense table
 PPM = 1_000_000  # rates travel as integers in millionths
 
 
@@ -61,37 +63,99 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Blocks:
+    """One blocking pass: the records with a tag on each side, their block numbers, and the
+    number of records of each block on each side."""
+
+    rows_a: np.ndarray
+    rows_b: np.ndarray
+    code_a: np.ndarray
+    code_b: np.ndarray
+    count_a: np.ndarray
+    count_b: np.ndarray
+
+    @classmethod
+    def of(cls, a: np.ndarray, b: np.ndarray) -> Blocks:
+        rows_a, rows_b = np.flatnonzero(a), np.flatnonzero(b)
+        keys, inverse = np.unique(np.concatenate([a[rows_a], b[rows_b]]), return_inverse=True)
+        code_a, code_b = inverse[: len(rows_a)], inverse[len(rows_a) :]
+        count_a = np.bincount(code_a, minlength=len(keys))
+        count_b = np.bincount(code_b, minlength=len(keys))
+        return cls(rows_a, rows_b, code_a, code_b, count_a, count_b)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.count_a * self.count_b
+
+    def pairs(self, largest: int, n_right: int) -> np.ndarray:
+        """Pair codes i * n_right + j of the blocks of at most `largest` pairs (sort and
+        repeat: no Python loop per block or per pair)."""
+        keep = (self.sizes > 0) & (self.sizes <= largest)
+        order_b = np.argsort(self.code_b, kind="stable")
+        start_b = np.cumsum(self.count_b) - self.count_b
+        chosen = keep[self.code_a]
+        rows, codes = self.rows_a[chosen], self.code_a[chosen]
+        per_row = self.count_b[codes]  # each left record pairs with its block's right records
+        total = int(per_row.sum())
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        right = self.rows_b[order_b[np.repeat(start_b[codes], per_row) + within]]
+        return np.repeat(rows.astype(np.int64), per_row) * n_right + right
+
+
+def _largest_block(blocks: list[Blocks], budget: int) -> int:
+    """The largest block size such that all blocks up to that size, over all passes, give at
+    most `budget` pairs: the least selective blocks (common values) go first."""
+    sizes = np.sort(np.concatenate([b.sizes[b.sizes > 0] for b in blocks] or [np.zeros(0)]))
+    if not len(sizes):
+        return 0
+    within = np.cumsum(sizes) <= budget
+    if within.all():
+        return MAX_BLOCK_PAIRS
+    cut = int(sizes[np.argmin(within)])  # the first size that no longer fits
+    return min(cut - 1, MAX_BLOCK_PAIRS)
+
+
 def candidates(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Union over passes (columns) of pairs whose blocking tags agree (0 = missing)."""
-    found = []
-    n_right = len(right)
+    """Union over passes (columns) of pairs whose blocking tags agree (0 = missing), sorted
+    by left then right position (so that comparisons read the left side in order). Blocks
+    are taken smallest first, up to PAIRS_PER_RECORD pairs per record of the larger side."""
+    n_right = max(len(right), 1)
+    blocks = [Blocks.of(left[:, p], right[:, p]) for p in range(left.shape[1])]
+    largest = _largest_block(blocks, PAIRS_PER_RECORD * max(len(left), len(right)))
+    found = [b.pairs(largest, n_right) for b in blocks]
+    if sum(len(f) for f in found) > MAX_CANDIDATES:
+        raise JobError("fuzzy linkage: blocking leaves too many candidate pairs")
+    flat = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    flat = flat[np.concatenate([[True], flat[1:] != flat[:-1]])] if len(flat) else flat
+    return flat // n_right, flat % n_right
+
+
+def agreeing(left: np.ndarray, right: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """(pairs, passes) bool: whether each pair agrees on each pass's (non-missing) tag."""
+    out = np.empty((len(i), left.shape[1]), dtype=bool)
     for p in range(left.shape[1]):
-        a = pd.DataFrame({"key": left[:, p], "i": np.arange(len(left))})
-        b = pd.DataFrame({"key": right[:, p], "j": np.arange(n_right)})
-        a, b = a[a["key"] != 0], b[b["key"] != 0]
-        size = a["key"].value_counts().mul(b["key"].value_counts(), fill_value=0)
-        keep = size.index[(size > 0) & (size <= MAX_BLOCK_PAIRS)]
-        a, b = a[a["key"].isin(keep)], b[b["key"].isin(keep)]
-        pairs = a.merge(b, on="key")
-        found.append(pairs["i"].to_numpy(np.int64) * n_right + pairs["j"].to_numpy(np.int64))
-        if sum(len(f) for f in found) > MAX_CANDIDATES:
-            raise JobError("fuzzy linkage: blocking leaves too many candidate pairs")
-    flat = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    return flat // max(n_right, 1), flat % max(n_right, 1)
+        a = left[:, p][i]
+        out[:, p] = (a == right[:, p][j]) & (a != 0)
+    return out
 
 
 def dice_levels(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Levels of the Dice coefficient of Bloom filters a[i], b[j]; -1 where one is empty."""
-    ones_a = np.bitwise_count(a).sum(1, dtype=np.int64)
-    ones_b = np.bitwise_count(b).sum(1, dtype=np.int64)
+    ones_a = np.bitwise_count(a).sum(1, dtype=np.int32)
+    ones_b = np.bitwise_count(b).sum(1, dtype=np.int32)
+    # 2 * common / total >= level  <=>  common >= level * total / 2: integers, no division
+    cuts = np.asarray(DICE_LEVELS) / 2
     out = np.empty(len(i), dtype=np.int8)
     for s in range(0, len(i), CHUNK):
         ii, jj = i[s : s + CHUNK], j[s : s + CHUNK]
-        common = np.bitwise_count(a[ii] & b[jj]).sum(1, dtype=np.int64)
-        total = ones_a[ii] + ones_b[jj]
-        dice = 2 * common / np.maximum(total, 1)
-        level = np.searchsorted(np.asarray(DICE_LEVELS), dice, side="right").astype(np.int8)
-        level[(ones_a[ii] == 0) | (ones_b[jj] == 0)] = -1
+        common = np.bitwise_count(a[ii] & b[jj]).sum(1, dtype=np.int32)
+        x, y = ones_a[ii], ones_b[jj]
+        total = x + y
+        level = (common >= cuts[0] * total).astype(np.int8)
+        for cut in cuts[1:]:
+            level += common >= cut * total
+        level[(x == 0) | (y == 0)] = -1
         out[s : s + CHUNK] = level
     return out
 
@@ -124,6 +188,29 @@ def compare(
     return np.stack(columns, 1) if columns else np.zeros((len(i), 0), dtype=np.int8)
 
 
+def patterns(gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct comparison vectors, their counts, and each pair's pattern index. There are at
+    most 5^fields patterns however many pairs: EM and the share run over these counts."""
+    if gamma.shape[1] == 0:
+        return gamma[:1], np.array([len(gamma)]), np.zeros(len(gamma), dtype=np.int64)
+    code = np.zeros(len(gamma), dtype=np.int64)
+    for f in range(gamma.shape[1]):
+        code = code * RADIX + (gamma[:, f].astype(np.int64) + 1)
+    if RADIX ** gamma.shape[1] <= MAX_DENSE_PATTERNS:  # count by code: no sort
+        tally = np.bincount(code, minlength=RADIX ** gamma.shape[1])
+        codes = np.flatnonzero(tally)
+        counts = tally[codes]
+        inverse = np.cumsum(tally > 0)[code] - 1
+    else:
+        codes, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
+    distinct = np.empty((len(codes), gamma.shape[1]), dtype=np.int8)
+    rest = codes.copy()
+    for f in reversed(range(gamma.shape[1])):
+        rest, digit = np.divmod(rest, RADIX)
+        distinct[:, f] = digit - 1
+    return distinct, counts, inverse
+
+
 def _frequencies(levels: np.ndarray, count: int, weights: np.ndarray | None = None) -> np.ndarray:
     present = levels >= 0
     w = np.ones(len(levels)) if weights is None else weights
@@ -147,20 +234,29 @@ def probabilities(gamma: np.ndarray, model: Model) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(log_ratio + prior)))
 
 
+def _start(count: int) -> np.ndarray:
+    """EM's starting m: agreement likely among matches."""
+    start = np.geomspace(1.0, 20.0**count, count) if count > 1 else np.ones(1)
+    return start / start.sum()
+
+
 def _em_m(
-    gamma: np.ndarray, u: list[np.ndarray], counts: list[int], iterations: int, tolerance: float
+    gamma: np.ndarray,
+    weight: np.ndarray,
+    u: list[np.ndarray],
+    counts: list[int],
+    iterations: int,
+    tolerance: float,
 ) -> list[np.ndarray]:
-    """EM for m and the match share with u fixed, over pairs of one blocking pass and the
-    fields that pass does not block on (there, non-matches agree as random pairs do)."""
-    m = []
-    for c in counts:  # start: agreement likely among matches
-        start = np.geomspace(1.0, 20.0**c, c) if c > 1 else np.ones(1)
-        m.append(start / start.sum())
-    model = Model(m, u, 0.1)
+    """EM for m and the match share with u fixed, over the distinct comparison vectors
+    `gamma` of one blocking pass (each seen `weight` times) on the fields that pass does not
+    block on (there, non-matches agree as random pairs do)."""
+    model = Model([_start(c) for c in counts], u, 0.1)
+    total = float(weight.sum())
     for step in range(1, iterations + 1):
         p = probabilities(gamma, model)
-        new_m = [_frequencies(gamma[:, f], c, p) for f, c in enumerate(counts)]
-        share = float(np.clip(p.mean(), 1e-9, 1 - 1e-6))
+        new_m = [_frequencies(gamma[:, f], c, p * weight) for f, c in enumerate(counts)]
+        share = float(np.clip((p * weight).sum() / total, 1e-9, 1 - 1e-6))
         change = max(
             abs(share - model.share),
             *(float(np.abs(a - b).max()) for a, b in zip(new_m, model.m, strict=True)),
@@ -184,7 +280,8 @@ def estimate(
     """Fellegi–Sunter parameters as splink trains them. u: from random pairs (given).
     m of a field: EM (u fixed) over the candidates of each blocking pass that does not block
     on it, averaged over those passes. The match share: over the whole space of `pairs` pairs,
-    a fixed point of "expected matches = sum of the candidates' probabilities"."""
+    a fixed point of "expected matches = sum of the candidates' probabilities". Everything
+    runs over the counts of distinct comparison vectors, not over pairs."""
     fields = len(counts)
     found: list[list[np.ndarray]] = [[] for _ in range(fields)]
     for p, on in enumerate(blocked):
@@ -192,25 +289,23 @@ def estimate(
         free = [f for f in range(fields) if f not in on]
         if not free or rows.sum() < 10:
             continue
-        m = _em_m(gamma[rows][:, free], [u[f] for f in free], [counts[f] for f in free],
-                  iterations, tolerance)  # fmt: skip
+        distinct, weight, _ = patterns(gamma[rows][:, free])
+        m = _em_m(distinct, weight.astype(float), [u[f] for f in free],
+                  [counts[f] for f in free], iterations, tolerance)  # fmt: skip
         for f, estimate_f in zip(free, m, strict=True):
             found[f].append(estimate_f)
-    m = []
-    for f, c in enumerate(counts):
-        if found[f]:
-            m.append(np.mean(found[f], axis=0))
-        else:  # every pass blocks on this field: agreement as the EM start assumes
-            start = np.geomspace(1.0, 20.0**c, c) if c > 1 else np.ones(1)
-            m.append(start / start.sum())
-    model = _share(gamma, Model(m, u, max(len(gamma) / 100, 1.0) / pairs), pairs, iterations)
-    return model
+    m = [np.mean(found[f], axis=0) if found[f] else _start(c) for f, c in enumerate(counts)]
+    distinct, weight, _ = patterns(gamma)
+    start = Model(m, u, max(len(gamma) / 100, 1.0) / pairs)
+    return _share(distinct, weight.astype(float), start, pairs, iterations)
 
 
-def _share(gamma: np.ndarray, model: Model, pairs: int, iterations: int) -> Model:
+def _share(
+    gamma: np.ndarray, weight: np.ndarray, model: Model, pairs: int, iterations: int
+) -> Model:
     """The prior match share over all pairs: expected matches = sum of the probabilities."""
     for step in range(1, iterations + 1):
-        expected = float(probabilities(gamma, model).sum())
+        expected = float((probabilities(gamma, model) * weight).sum())
         share = float(np.clip(expected / pairs, 1e-12, 0.5))
         done = abs(share - model.share) <= 1e-6 * model.share
         model = Model(model.m, model.u, share, step)
@@ -221,18 +316,28 @@ def _share(gamma: np.ndarray, model: Model, pairs: int, iterations: int) -> Mode
 
 def assign(i: np.ndarray, j: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
     """Indices of a one-to-one set of pairs with p >= threshold, greedily by decreasing p
-    (ties by position, so the choice is deterministic)."""
+    (ties by position, so the choice is deterministic). The loop runs over pairs above the
+    threshold only (about one per linked record)."""
     keep = np.flatnonzero(p >= threshold)
     order = keep[np.lexsort((j[keep], i[keep], -p[keep]))]
     used_i, used_j, chosen = set(), set(), []
-    for k in order.tolist():
-        a, b = int(i[k]), int(j[k])
+    for k, a, b in zip(order.tolist(), i[order].tolist(), j[order].tolist(), strict=True):
         if a in used_i or b in used_j:
             continue
         used_i.add(a)
         used_j.add(b)
         chosen.append(k)
     return np.asarray(chosen, dtype=np.int64)
+
+
+def _u(kinds: list[str], left: list[np.ndarray], right: list[np.ndarray], rng) -> list:
+    """P(level | non-match) per field, from uniformly random pairs (almost all non-matches)."""
+    size_a, size_b = len(left[0]), len(right[0])
+    sample = min(RANDOM_PAIRS, size_a * size_b)
+    ri = np.sort(rng.integers(0, max(size_a, 1), sample))
+    rj = rng.integers(0, max(size_b, 1), sample)
+    random_gamma = compare(kinds, left, right, ri, rj)
+    return [_frequencies(random_gamma[:, f], LEVELS[k]) for f, k in enumerate(kinds)]
 
 
 def link(
@@ -249,7 +354,7 @@ def link(
     seconds = {}
     started = time.perf_counter()
     i, j = candidates(left[-1], right[-1])
-    pass_of = (left[-1][i] == right[-1][j]) & (left[-1][i] != 0)
+    pass_of = agreeing(left[-1], right[-1], i, j)
     seconds["block"] = time.perf_counter() - started
     size_a, size_b = len(left[-1]), len(right[-1])
     counts = [LEVELS[k] for k in kinds]
@@ -258,13 +363,10 @@ def link(
     compared = time.perf_counter() - started
     seconds["compare"] = compared
     started = time.perf_counter()
-    sample = min(RANDOM_PAIRS, size_a * size_b)
-    ri = rng.integers(0, max(size_a, 1), sample)
-    rj = rng.integers(0, max(size_b, 1), sample)
-    random_gamma = compare(kinds, left[:-1], right[:-1], ri, rj)
-    u = [_frequencies(random_gamma[:, f], c) for f, c in enumerate(counts)]
+    u = _u(kinds, left[:-1], right[:-1], rng)
     model = estimate(gamma, u, counts, pass_of, blocked, max(size_a * size_b, 1))
-    p = probabilities(gamma, model)
+    distinct, _, inverse = patterns(gamma)
+    p = probabilities(distinct, model)[inverse]
     seconds["estimate"] = time.perf_counter() - started
     started = time.perf_counter()
     chosen = assign(i, j, p, threshold)
