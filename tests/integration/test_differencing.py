@@ -11,7 +11,7 @@ import pytest
 
 from jointstats.errors import JobFailed
 from jointstats.local import LocalFederation, LocalNode
-from tests.conftest import AGENCIES, JOB
+from tests.conftest import AGENCIES, JOB, pooled
 
 SUBSET = {**JOB, "inputs": ["unhcr", "drc"]}  # nrc left out: the difference is nrc's table
 
@@ -48,3 +48,18 @@ def test_pool_with_and_require_epsilon_refuse_the_differencing_job(data_dir, tmp
         assert fed.client.run(noisy, timeout=120).metadata["epsilon_spent"] == 1.0
         with pytest.raises(JobFailed, match="pools data only with exactly drc, nrc, unhcr"):
             fed.client.run({**noisy, "inputs": ["unhcr", "drc"]}, timeout=120)
+
+
+def test_two_filters_one_apart_reveal_a_small_group_exactly(federation, data_dir):
+    """The attack docs/privacy.md describes: `income <= t` and `income <= t - 1` differ by the
+    households with income exactly t, a group far below min_cell, cell by cell. Nothing in one
+    table stops it; only noise (epsilon, `require_epsilon`) bounds it."""
+    people = pooled(data_dir)
+    t = int(people["income"].mode().iloc[0])  # the commonest income: some household has it
+    jobs = [{**JOB, "where": {"income": {"max": m}}} for m in (t, t - 1)]
+    wide, narrow = (_counts(federation.client.run(job, timeout=120)) for job in jobs)
+    both = ~wide["suppressed"] & ~narrow["suppressed"]
+    difference = (wide.loc[both, "count"] - narrow.loc[both, "count"]).astype(int)
+    exactly_t = people[people["income"] == t].groupby(JOB["by"]).size()
+    assert (difference == exactly_t.reindex(difference.index, fill_value=0)).all()
+    assert difference.sum() >= 1 and difference.max() < JOB["disclosure"]["min_cell"]
