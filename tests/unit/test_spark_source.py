@@ -173,6 +173,19 @@ def test_errors_are_one_value_free_line(parquet, tmp_path):
     assert "column region: holds text, but a range" in _message(
         lambda: _spark(parquet).grouped(["status"], where=ranged)
     )
+    outside = tmp_path / "outside.parquet"  # a region outside the job's domain
+    pd.DataFrame({"region": ["north", SECRET], "age": [1.0, 2.0]}).to_parquet(outside)
+    job = CROSSTAB.parse(
+        {
+            "kind": "crosstab",
+            "dataset": "people",
+            "by": ["region"],
+            "domains": {"region": ["north"]},
+        }
+    )
+    assert "column region: values outside the declared domain" in _message(
+        lambda: CROSSTAB.local_step(job, "n", {"people": _spark(outside)})
+    )
     _spark(parquet).columns()  # the process's session runs on local[1]
     other = source_for("d", {"engine": "spark", "master": "local[2]", "path": str(parquet)})
     assert "a node uses one Spark master" in _message(lambda: other.columns())
