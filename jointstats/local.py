@@ -4,9 +4,11 @@ the tests and the benchmarks."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ from jointstats.keys import Roster, load_member, new_member
 
 START_SECONDS = 60.0
 LOCAL_EPSILON_BUDGET = 100.0
+SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes
+TIMINGS_ENV = "JOINTSTATS_LOCAL_TIMINGS"  # a file: write the start/stop phase clock there
 
 
 @dataclass
@@ -61,6 +65,13 @@ def parse_node_option(option: str, nodes: dict[str, LocalNode]) -> None:
         raise ConfigError(f"--node {option}: no such file or folder {path}")
 
 
+def _free_port() -> int:
+    """A loopback port free right now (the coordinator binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class LocalFederation:
     def __init__(
         self,
@@ -68,7 +79,11 @@ class LocalFederation:
         workdir: Path | None = None,
         session_timeout: float = 300.0,
         coordinator_module: str = "jointstats.cli",
+        one_shot: bool | None = None,
     ) -> None:
+        """`one_shot` (default: no `workdir` given, so nothing is kept): the nodes share one
+        fork server for their session workers and keep no columnar copy of CSV files, which
+        only pays from the second job on (docs/performance.md)."""
         if len({n.name for n in nodes}) != len(nodes):
             raise ConfigError("each --node name must be different")
         reserved = {"coordinator", "analyst"} & {n.name for n in nodes}
@@ -79,7 +94,10 @@ class LocalFederation:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="jointstats-"))
         self.session_timeout = session_timeout
         self.coordinator_module = coordinator_module
+        self.one_shot = workdir is None if one_shot is None else one_shot
+        self.clock: dict[str, float] = {"created": time.time()}  # wall clock at each phase
         self.processes: dict[str, subprocess.Popen] = {}
+        self._fork_server: subprocess.Popen | None = None
         self._commands: dict[str, tuple[list[str], str, dict | None]] = {}
         self.client: Client | None = None
 
@@ -114,9 +132,14 @@ class LocalFederation:
         roster.save(self.workdir / "roster.toml")
         return roster
 
-    def _write_configs(self) -> None:
+    def _spawn_coordinator(self) -> None:
+        config = self.workdir / "coordinator" / "coordinator.toml"
+        args = ["coordinator", "serve", "--config", str(config)]
+        self._spawn("coordinator", args, module=self.coordinator_module)
+
+    def _write_configs(self, listen: str) -> None:
         coordinator = {
-            "listen": "127.0.0.1:0",
+            "listen": listen,
             "roster": "../roster.toml",
             "keys": "keys",
             "db": "coordinator.sqlite",
@@ -172,26 +195,69 @@ class LocalFederation:
     def log(self, name: str) -> Path:
         return self.workdir / name / f"{name}.log"
 
+    def _start_fork_server(self) -> dict[str, str]:
+        """One-shot runs: one fork server for every node's session workers (its imports,
+        about a second of CPU, are paid once instead of once per node). It listens on a
+        socket in the workdir, made here so that nodes may connect before it is ready."""
+        path = self.workdir / "forkserver.sock"
+        if not self.one_shot:
+            return {}
+        no_cache = {"JOINTSTATS_CSV_CACHE": "0"}
+        if len(str(path)) > SOCKET_PATH_MAX:
+            return no_cache
+        from jointstats.node.workers import SHARED_ENV, SINGLE_THREAD_ENV, WORKER_MODULE
+
+        path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+            listener.bind(str(path))
+            listener.listen(len(self.nodes) + 4)
+            with open(self.workdir / "forkserver.log", "ab") as log:
+                self._fork_server = subprocess.Popen(
+                    [sys.executable, "-m", WORKER_MODULE, "--fork-server", str(listener.fileno())],
+                    pass_fds=[listener.fileno()],
+                    env={**os.environ, **SINGLE_THREAD_ENV},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        return {SHARED_ENV: str(path), **no_cache}
+
+    def _spawn_nodes(self, address: str, env: dict[str, str]) -> None:
+        for node in self.nodes:
+            path = self._write_node_config(node, address)
+            args = ["node", "serve", "--config", str(path)]
+            self._spawn(node.name, args, env={**env, **node.env})
+
     def start(self) -> LocalFederation:
+        """Coordinator, nodes (and a shared fork server) start at once, on a port chosen
+        here; when another process took that port first, the nodes start after the
+        coordinator has its own."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "coordinator" / "port").unlink(missing_ok=True)
         self.roster = self._write_keys()
-        self._write_configs()
-        config = self.workdir / "coordinator" / "coordinator.toml"
-        self._spawn(
-            "coordinator",
-            ["coordinator", "serve", "--config", str(config)],
-            module=self.coordinator_module,
-        )
-        self.address = self._wait_for_port()
-        for node in self.nodes:
-            path = self._write_node_config(node, self.address)
-            self._spawn(node.name, ["node", "serve", "--config", str(path)], env=node.env)
+        self.clock["keys"] = time.time()
+        node_env = self._start_fork_server()
+        port = _free_port()
+        self._write_configs(f"127.0.0.1:{port}")
+        self._spawn_coordinator()
+        self._spawn_nodes(f"127.0.0.1:{port}", node_env)
+        try:
+            self.address = self._wait_for_port()
+        except PeerError:
+            for node in self.nodes:  # the port was taken: let the coordinator pick one
+                self.stop_process(node.name)
+            self._write_configs("127.0.0.1:0")
+            self._spawn_coordinator()
+            self.address = self._wait_for_port()
+            self._spawn_nodes(self.address, node_env)
         analyst = self.workdir / "analyst"
         client_config = {"coordinator": self.address, "roster": "../roster.toml", "keys": "keys"}
         (analyst / "client.toml").write_text(tomli_w.dumps(client_config))
         self.client = Client(self.address, self.workdir / "roster.toml", analyst / "keys")
+        self.clock["spawned"] = time.time()
         self.client.wait_for_nodes([n.name for n in self.nodes], START_SECONDS)
+        self.clock["nodes_ready"] = time.time()
         return self
 
     def restart_coordinator(self) -> None:
@@ -227,6 +293,7 @@ class LocalFederation:
             process.wait()
 
     def stop(self) -> None:
+        self.clock["stop"] = time.time()
         if self.client is not None:
             self.client.close()
         names = [n.name for n in self.nodes]
@@ -237,6 +304,12 @@ class LocalFederation:
         for name in names:
             self.stop_process(name)
         self.stop_process("coordinator")
+        if self._fork_server is not None and self._fork_server.poll() is None:
+            os.killpg(self._fork_server.pid, signal.SIGKILL)  # its workers have exited
+            self._fork_server.wait()
+        self.clock["stopped"] = time.time()
+        if os.environ.get(TIMINGS_ENV):  # benchmarks: where the start-up time goes
+            Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(self.clock))
         if not self._keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

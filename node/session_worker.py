@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -279,48 +280,72 @@ def main() -> int:
 
 
 def fork_server(fd: int) -> int:
-    """Serve fork requests on the node's socket `fd` (node/workers.py, `ForkServer`).
+    """Serve fork requests on socket `fd` (node/workers.py, `ForkServer`): a node's connected
+    socket (exit when the node closes it), or a listening one that `jointstats local` shares
+    among its nodes (run until killed).
 
     This process imported everything once and never starts gRPC or an event loop, so a fork
     of it is a clean worker in milliseconds (the node itself runs gRPC threads: never fork it).
     A request is one JSON packet {"env": {...}} with three descriptors: the worker's stdin,
     stdout and stderr. The answer is b"ok" with a pidfd of the child, which the node uses to
-    signal and await it (no pid reuse races). EOF on the socket: the node is gone, so exit."""
-    sock = socket.socket(fileno=fd)
+    signal and await it (no pid reuse races)."""
+    server = socket.socket(fileno=fd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:  # a fork copies no thread: a library's pool would be missing in children
         log.warning("fork server: %d threads after imports", threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
-        except OSError:
-            return 0
-        if not message:
-            return 0
-        if len(fds) != 3:
-            for extra in fds:
-                os.close(extra)
-            sock.send(b"error: a request carries three descriptors")
-            continue
-        # SIGCHLD stays blocked until the pidfd is open, so that the reaper cannot free the pid
-        # of a child that exits at once before we hold it
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        try:
-            pid = os.fork()
-            if pid == 0:
-                _become_worker(sock, fds, message)
-            pidfd = os.pidfd_open(pid)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-        for passed in fds:
-            os.close(passed)
-        try:
-            socket.send_fds(sock, [b"ok"], [pidfd])
-        finally:
-            os.close(pidfd)
+    listening = bool(server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    with selectors.DefaultSelector() as selector:
+        selector.register(server, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _ in selector.select():
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if listening and sock is server:
+                    selector.register(server.accept()[0], selectors.EVENT_READ)
+                elif not _serve_one(sock, selector):
+                    selector.unregister(sock)
+                    sock.close()
+                    if not listening:
+                        return 0
+    return 0
+
+
+def _serve_one(sock: socket.socket, selector: selectors.BaseSelector) -> bool:
+    """Answer one request on `sock`; False when the peer is gone."""
+    try:
+        message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+    except OSError:
+        return False
+    if not message:
+        return False
+    if len(fds) != 3:
+        for extra in fds:
+            os.close(extra)
+        sock.send(b"error: a request carries three descriptors")
+        return True
+    # SIGCHLD stays blocked until the pidfd is open, so that the reaper cannot free the pid
+    # of a child that exits at once before we hold it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        pid = os.fork()
+        if pid == 0:
+            sockets = [k.fileobj for k in selector.get_map().values()]
+            _become_worker([s for s in sockets if isinstance(s, socket.socket)], fds, message)
+        pidfd = os.pidfd_open(pid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    for passed in fds:
+        os.close(passed)
+    try:
+        socket.send_fds(sock, [b"ok"], [pidfd])
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+    return True
 
 
 def _reap() -> None:
@@ -329,11 +354,12 @@ def _reap() -> None:
             pass
 
 
-def _become_worker(sock: socket.socket, fds: list[int], message: bytes) -> None:
+def _become_worker(sockets: list[socket.socket], fds: list[int], message: bytes) -> None:
     """In the forked child: take the node's pipes as stdin/stdout/stderr and run `main`."""
     code = 1
     try:
-        sock.close()
+        for sock in sockets:  # the fork server's sockets are not the worker's business
+            sock.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         os.setsid()  # its own process group, as a worker started by exec

@@ -33,6 +33,7 @@ SPARE_WORKERS = 2  # fresh interpreters: imports take a second, so keep two read
 FORKED_SPARES = 1  # forked workers start at once; one spare keeps its TLS channel ready
 SPARES_ENV = "JOINTSTATS_SPARE_WORKERS"  # overrides the spare count (0: start on demand)
 FORK_ENV = "JOINTSTATS_FORK_SERVER"  # "0": start every worker as a fresh interpreter
+SHARED_ENV = "JOINTSTATS_FORK_SERVER_SOCKET"  # a listening fork server to use (local runs)
 CACHE_ENV = "JOINTSTATS_CSV_CACHE"  # "0": no columnar copies of CSV sources
 CACHE_DIR_ENV = "JOINTSTATS_CSV_CACHE_DIR"  # where a worker keeps them (session_worker.py)
 RESULT_LIMIT_BYTES = 64 * 1024 * 1024  # the worker's one-line answer
@@ -115,9 +116,18 @@ class ForkServer:
         self._lock = asyncio.Lock()
 
     async def _ensure(self) -> socket.socket:
-        if self._sock is not None and self._process and self._process.returncode is None:
+        if self._sock is not None and (self._process is None or self._process.returncode is None):
             return self._sock
         await self.close()
+        shared = os.environ.get(SHARED_ENV)
+        if shared:  # `jointstats local`: one fork server for all its nodes
+            with contextlib.suppress(OSError):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                sock.settimeout(FORK_SERVER_SECONDS)
+                sock.connect(shared)
+                self._sock = sock
+                return sock
+            log.warning("no shared fork server at %s; starting this node's own", shared)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs, open(self._log_path, "ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
@@ -155,7 +165,7 @@ class ForkServer:
 
     async def close(self) -> None:
         if self._sock is not None:
-            self._sock.close()  # EOF: the fork server exits
+            self._sock.close()  # EOF: our own fork server exits (a shared one runs on)
             self._sock = None
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
