@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from jointstats.errors import ConfigError, DataError
+from jointstats.node.csv_cache import CachedCsv, CsvCache, file_key
 from jointstats.protocols.filters import Bands, Condition
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,8 @@ class FileSource:
     header: bool = True
     glob: str | None = None  # a folder: the files matching this pattern
     declared: dict[str, str] = field(default_factory=dict)
+    # a folder in the node's state for a columnar copy of CSV files (node/csv_cache.py)
+    cache_dir: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         suffix = Path(self.glob or self.path).suffix.lower()
@@ -331,9 +334,44 @@ class FileSource:
     def _relation(self, text: list[str] | tuple[str, ...] = (), pin: bool = True) -> str:
         """The files as a DuckDB relation; `text` columns (and, with `pin`, the columns declared
         text, which must exist) are read as text, exactly as stored."""
-        files = "[" + ", ".join(_literal(str(f)) for f in self._files()) + "]"
+        files = self._files()
         if self.format == "parquet":
-            return f"read_parquet({files}, union_by_name = true)"
+            listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+            return f"read_parquet({listed}, union_by_name = true)"
+        declared = [c for c, kind in self.declared.items() if kind == "text" and pin]
+        pinned = list(dict.fromkeys([*text, *declared]))
+        cached = self._cached(files)
+        if cached is not None and cached.serves(pinned):
+            return cached.relation(pinned)
+        return self._csv_relation(files, pinned)
+
+    def _cached(self, files: list[Path]) -> CachedCsv | None:
+        """The verified columnar copy of the CSV files, built when missing or stale; checked
+        once per source object (one job), since hashing it costs a few milliseconds."""
+        if self.cache_dir is None:
+            return None
+        key = file_key(files, self._reader_options())
+        memo = self.__dict__.get("_cache_memo")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        cache = CsvCache(self.cache_dir, self.dataset, key)
+        found = cache.get_or_build(
+            lambda all_text: self._csv_relation(files, [], all_text=all_text)
+        )
+        object.__setattr__(self, "_cache_memo", (key, found))
+        return found
+
+    def _reader_options(self) -> dict[str, Any]:
+        return {
+            "delimiter": self.delimiter,
+            "encoding": self.encoding,
+            "header": self.header,
+            "glob": self.glob,
+            "declared": self.declared,
+        }
+
+    def _csv_relation(self, files: list[Path], pinned: list[str], all_text: bool = False) -> str:
+        listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
         options = [
             f"header = {str(self.header).lower()}",
             f"encoding = {_literal(self.encoding)}",
@@ -343,12 +381,12 @@ class FileSource:
             options.append(f"delim = {_literal(self.delimiter)}")
         if not self.header and self.declared:
             options.append(f"names = [{', '.join(_literal(c) for c in self.declared)}]")
-        declared = [c for c, kind in self.declared.items() if kind == "text" and pin]
-        pinned = dict.fromkeys([*text, *declared])
-        if pinned:
+        if all_text:
+            options.append("all_varchar = true")
+        elif pinned:
             types = ", ".join(f"{_literal(c)}: 'VARCHAR'" for c in pinned)
             options.append(f"types = {{{types}}}")
-        return f"read_csv({files}, {', '.join(options)})"
+        return f"read_csv({listed}, {', '.join(options)})"
 
     def _run(self, sql: str, params: dict | None = None, arrow: bool = False) -> Any:
         try:
