@@ -79,8 +79,39 @@ def fold(text: str) -> str:
     return text
 
 
+# Russian forms of Ukrainian given names (as Russian-language documents and transliterations
+# write them) whose folded spellings stay apart: mapped to the Ukrainian form's folding, as
+# name-variant tables do in FEBRL and splink. Whole values only, after folding.
+_VARIANTS = {
+    "Aleksandr": "Олександр", "Aleksei": "Олексій", "Aleksey": "Олексій", "Andrei": "Андрій",
+    "Andrey": "Андрій", "Sergei": "Сергій", "Sergey": "Сергій", "Dmitrii": "Дмитро",
+    "Dmitriy": "Дмитро", "Dmitry": "Дмитро", "Nikolai": "Микола", "Nikolay": "Микола",
+    "Mikhail": "Михайло", "Iurii": "Юрій", "Yuriy": "Юрій", "Yuri": "Юрій", "Evgenii": "Євген",
+    "Evgeniy": "Євген", "Yevgeny": "Євген", "Grigorii": "Григорій", "Grigoriy": "Григорій",
+    "Vladimir": "Володимир", "Vasilii": "Василь", "Vasiliy": "Василь", "Pavel": "Павло",
+    "Petr": "Петро", "Pyotr": "Петро", "Vitalii": "Віталій", "Vitaliy": "Віталій",
+    "Igor": "Ігор", "Konstantin": "Костянтин", "Maksim": "Максим", "Ivan": "Іван",
+    "Elena": "Олена", "Yelena": "Олена", "Olga": "Ольга", "Natalia": "Наталія",
+    "Natalya": "Наталія", "Tatiana": "Тетяна", "Tatyana": "Тетяна", "Irina": "Ірина",
+    "Svetlana": "Світлана", "Ekaterina": "Катерина", "Yekaterina": "Катерина",
+    "Iuliia": "Юлія", "Yulia": "Юлія", "Liudmila": "Людмила", "Lyudmila": "Людмила",
+    "Anna": "Ганна", "Galina": "Галина", "Nadezhda": "Надія", "Sofia": "Софія",
+    "Viktoria": "Вікторія", "Kristina": "Христина", "Evgeniia": "Євгенія", "Evgeniya": "Євгенія",
+    "Larisa": "Лариса", "Daria": "Дарина", "Darya": "Дарина",
+}  # fmt: skip
+
+
+def _base_name(text: str) -> str:
+    return fold(latin(text).replace(" ", ""))
+
+
+_VARIANT_OF = {_base_name(a): _base_name(b) for a, b in _VARIANTS.items()}
+_VARIANT_OF = {a: b for a, b in _VARIANT_OF.items() if a != b}
+
+
 def normalize_name(text: str) -> str | None:
-    return fold(latin(text).replace(" ", "")) or None
+    folded = _base_name(text)
+    return _VARIANT_OF.get(folded, folded) or None
 
 
 def normalize_text(text: str) -> str | None:

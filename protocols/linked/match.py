@@ -28,7 +28,7 @@ import numpy as np
 
 from jointstats.errors import JobError
 
-DICE_LEVELS = (0.55, 0.7, 0.84)  # Dice at or above these: levels 1, 2, 3
+DICE_LEVELS = (0.55, 0.7, 0.78)  # Dice at or above these: levels 1, 2, 3
 LEVELS = {"name": 4, "text": 4, "date": 4, "exact": 2}
 MAX_BLOCK_PAIRS = 250_000  # a block this big is skipped in its pass (it is not selective)
 MAX_CANDIDATES = 50_000_000  # H refuses a job whose blocking is this coarse
@@ -37,6 +37,7 @@ RANDOM_PAIRS = 200_000  # pairs sampled to estimate u
 CHUNK = 200_000  # candidate pairs compared at once (memory ~ CHUNK x 8 words x 8 bytes)
 HISTOGRAM_BINS = 10
 RADIX = 5  # levels -1..3 shifted to 0..4: one base-5 digit per field in a pattern code
+SAFETY = 2  # residual linkage: chance agreements at least 2x likelier than independence says
 MAX_DENSE_PATTERNS = 5**9  # up to 9 fields, patterns are counted in a dense table
 PPM = 1_000_000  # rates travel as integers in millionths
 
@@ -330,14 +331,79 @@ def assign(i: np.ndarray, j: np.ndarray, p: np.ndarray, threshold: float) -> np.
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _u(kinds: list[str], left: list[np.ndarray], right: list[np.ndarray], rng) -> list:
-    """P(level | non-match) per field, from uniformly random pairs (almost all non-matches)."""
-    size_a, size_b = len(left[0]), len(right[0])
-    sample = min(RANDOM_PAIRS, size_a * size_b)
-    ri = np.sort(rng.integers(0, max(size_a, 1), sample))
-    rj = rng.integers(0, max(size_b, 1), sample)
-    random_gamma = compare(kinds, left, right, ri, rj)
-    return [_frequencies(random_gamma[:, f], LEVELS[k]) for f, k in enumerate(kinds)]
+@dataclass
+class Background:
+    """Comparison levels of uniformly random pairs (almost all non-matches): per field,
+    P(level | non-match) among present values (`u`) and P(level or missing | non-match)
+    (`with_missing`, index 0 = missing)."""
+
+    u: list[np.ndarray]
+    with_missing: list[np.ndarray]
+
+    @classmethod
+    def sample(cls, kinds: list[str], left: list, right: list, rng) -> Background:
+        size_a, size_b = len(left[0]), len(right[0])
+        sample = min(RANDOM_PAIRS, size_a * size_b)
+        ri = np.sort(rng.integers(0, max(size_a, 1), sample))
+        rj = rng.integers(0, max(size_b, 1), sample)
+        gamma = compare(kinds, left, right, ri, rj)
+        u = [_frequencies(gamma[:, f], LEVELS[k]) for f, k in enumerate(kinds)]
+        missing = [_frequencies(gamma[:, f] + 1, LEVELS[k] + 1) for f, k in enumerate(kinds)]
+        return cls(u, missing)
+
+
+def _codes(gamma: np.ndarray) -> np.ndarray:
+    code = np.zeros(len(gamma), dtype=np.int64)
+    for f in range(gamma.shape[1]):
+        code = code * RADIX + (gamma[:, f].astype(np.int64) + 1)
+    return code
+
+
+def residual(
+    gamma: np.ndarray, model: Model, background: Background, free: float, cross: Cross
+) -> np.ndarray:
+    """Match probability of the candidates among records that the first assignment left
+    unlinked (`free` pairs), from the counts of their comparison vectors: a vector g seen
+    C(g) times and expected E(g) times among non-matches has P(match | g) ~ 1 - E(g) / C(g).
+    E(g) is the larger of two estimates: `free` x P(g | non-match) with fields independent
+    (times SAFETY: given name and sex, for one, are not), and the rate of g among candidates
+    with exactly one record linked, which are non-matches under the one-to-one rule and
+    carry the fields' real dependence. This recovers true pairs whose only evidence is
+    agreement on a few fields with the others missing: over all pairs such a vector is
+    ambiguous (the Fellegi–Sunter probability treats missing as no evidence), but once the
+    records that link with certainty are set aside, few others can show it by chance. Only
+    vectors with evidence for a match (Bayes factor > 1) and no disagreeing field qualify:
+    among the many sparse vectors with a disagreement, some occur once by chance."""
+    distinct, seen, inverse = patterns(gamma)
+    chance = np.full(len(distinct), float(free) * SAFETY)
+    for f in range(distinct.shape[1]):
+        chance *= background.with_missing[f][distinct[:, f].astype(np.int64) + 1]
+    codes, tally = np.unique(_codes(cross.gamma), return_counts=True)
+    at = np.clip(np.searchsorted(codes, _codes(distinct)), 0, max(len(codes) - 1, 0))
+    found = tally[at] * (codes[at] == _codes(distinct)) if len(codes) else np.zeros(len(at))
+    chance = np.maximum(chance, free * found / max(cross.pairs, 1.0))
+    log_ratio, _ = _likelihoods(distinct, model)
+    agree = (distinct != 0).all(1)  # every present field agrees at least partly
+    p = np.clip(1.0 - chance / seen, 0.0, 1.0) * (log_ratio > 0) * agree
+    return p[inverse]
+
+
+@dataclass
+class Cross:
+    """Comparison vectors of the candidates with exactly one record linked, and the number
+    of such pairs in the whole space."""
+
+    gamma: np.ndarray
+    pairs: float
+
+
+def _shared_out(i: np.ndarray, j: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """A record with k qualifying residual candidates (two people of the same name, both
+    unlinked) cannot tell them apart: each gets 1/k of the probability."""
+    rivals = p > 0
+    per_i = np.bincount(i[rivals], minlength=int(i.max(initial=0)) + 1)
+    per_j = np.bincount(j[rivals], minlength=int(j.max(initial=0)) + 1)
+    return p / np.maximum(np.maximum(per_i[i], per_j[j]), 1)
 
 
 def link(
@@ -363,13 +429,22 @@ def link(
     compared = time.perf_counter() - started
     seconds["compare"] = compared
     started = time.perf_counter()
-    u = _u(kinds, left[:-1], right[:-1], rng)
-    model = estimate(gamma, u, counts, pass_of, blocked, max(size_a * size_b, 1))
+    background = Background.sample(kinds, left[:-1], right[:-1], rng)
+    model = estimate(gamma, background.u, counts, pass_of, blocked, max(size_a * size_b, 1))
     distinct, _, inverse = patterns(gamma)
     p = probabilities(distinct, model)[inverse]
     seconds["estimate"] = time.perf_counter() - started
     started = time.perf_counter()
     chosen = assign(i, j, p, threshold)
+    linked_i, linked_j = np.isin(i, i[chosen]), np.isin(j, j[chosen])
+    rest = np.flatnonzero(~linked_i & ~linked_j)
+    n = len(chosen)
+    free = (size_a - n) * (size_b - n)
+    cross = Cross(gamma[linked_i != linked_j], float((size_a - n) * n + n * (size_b - n)))
+    second = _shared_out(i[rest], j[rest], residual(gamma[rest], model, background, free, cross))
+    extra = rest[assign(i[rest], j[rest], second, threshold)]
+    p[extra] = np.maximum(p[extra], second[np.searchsorted(rest, extra)])
+    chosen = np.concatenate([chosen, extra])
     seconds["assign"] = time.perf_counter() - started
     mass = float(p.sum())
     recall = float(p[chosen].sum()) / mass if mass else 1.0

@@ -68,8 +68,22 @@ def test_transliteration_variants_normalise_alike(variants):
 
 
 def test_russian_spelling_stays_close_not_equal():
-    a, b = fuzzy.normalize_name("Олександр"), fuzzy.normalize_name("Aleksandr")
+    a, b = fuzzy.normalize_name("Олександра"), fuzzy.normalize_name("Aleksandra")
     assert a != b and fuzzy.skeleton(a) == fuzzy.skeleton(b)
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [["Микола", "Nikolay", "Николай", "Mykola"], ["Олена", "Elena", "Елена"], ["Анна", "Hanna"]],
+)
+def test_russian_forms_of_given_names_are_folded_by_the_variant_table(variants):
+    assert len({fuzzy.normalize_name(v) for v in variants}) == 1
+
+
+def test_soft_sign_and_ts_c_spellings_normalise_alike():
+    same = ["вул. Козацька, 5", "Kozatska St, 5", "Kozac'ka 5", "kozacka 5"]
+    assert len({fuzzy.normalize_text(v) for v in same}) == 1
+    assert fuzzy.normalize_name("Хрещатик") == fuzzy.normalize_name("Hreschatik")
 
 
 def test_bad_values_are_missing_evidence():
