@@ -160,7 +160,10 @@ def _start(dataset: str, master: str, conf: dict[str, str]) -> Any:
             log4j.write_text(LOG4J)
             settings = _session_conf(master, conf, log4j)
             spark_conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
-            gateway = launch_gateway(spark_conf, {"stdout": out, "stderr": out})
+            # a JVM left by a stopped session is reused: pyspark keeps one gateway a process
+            gateway = SparkContext._gateway or launch_gateway(
+                spark_conf, {"stdout": out, "stderr": out}
+            )
             with warnings.catch_warnings():  # pyspark's pandas-version notice, not ours
                 warnings.simplefilter("ignore", FutureWarning)
                 context = SparkContext(conf=spark_conf, gateway=gateway)
