@@ -35,6 +35,7 @@ from jointstats.protocols.linked import fuzzy, match, synthetic
 from jointstats.protocols.linked.job import parse_linkage
 
 OUT = Path(__file__).parent / "results" / "linkage_quality.json"
+DATA = Path(__file__).parent / "data"
 FEBRL_FIELDS = [
     {"left": "surname", "right": "surname", "kind": "name"},
     {"left": "given_name", "right": "given_name", "kind": "name"},
@@ -62,8 +63,10 @@ def link(left: pd.DataFrame, right: pd.DataFrame, fields: list[dict], threshold:
             fuzzy.normalize_column(_column(frame, getattr(f, side)), fuzzy.normalizer(f, side))
             for f in linkage.fields
         ]
+        seconds[f"normalize_{side}"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
         encoded[side] = fuzzy.encode(columns, list(linkage.fields), key)
-        seconds[f"normalize_encode_{side}"] = round(time.perf_counter() - started, 3)
+        seconds[f"encode_{side}"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     kinds = [f.kind for f in linkage.fields]
     blocked = fuzzy.blocked_fields(linkage.fields)
@@ -148,9 +151,11 @@ def febrl_case(folder: Path, partial: bool, threshold: float) -> dict:
 
 
 def scale_case(size: int) -> dict:
+    """In one process, phase by phase: what each party computes, timed alone."""
     started = time.perf_counter()
     data = synthetic.make(registry=size, survey=size, shared=size // 2, errors=0.1)
     made = time.perf_counter() - started
+    load = os.getloadavg()[0]
     run = link(data.registry, data.survey, synthetic.JOB_FIELDS, 0.8)
     out = run["out"]
     left_ids = data.registry["record_id"].to_numpy()
@@ -158,12 +163,79 @@ def scale_case(size: int) -> dict:
     pairs = set(zip(left_ids[out.i].tolist(), right_ids[out.j].tolist(), strict=True))
     true = _true_pairs(data)
     return {
-        "set": f"synthetic {size} x {size}, {size // 2} shared, errors=0.1",
+        "set": f"synthetic {size} x {size}, {size // 2} shared, errors=0.1 (in process)",
         **score(pairs, true),
         "candidates": out.candidates,
         "field_comparisons_per_second_at_H": round(out.comparisons_per_second),
         "generate_seconds": round(made, 1),
+        "load_average_before": round(load, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
         "seconds": run["seconds"],
+    }
+
+
+def scale_files(size: int) -> tuple[synthetic.LinkageSet, dict[str, Path]]:
+    """The N x N synthetic set as CSV files (cached in bench/data/, git-ignored)."""
+    data = synthetic.make(registry=size, survey=size, shared=size // 2, errors=0.1)
+    folder = DATA / f"fuzzy_{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"registry": folder / "registry.csv", "survey": folder / "survey.csv"}
+    data.registry.to_csv(files["registry"], index=False)
+    data.survey.to_csv(files["survey"], index=False)
+    return data, files
+
+
+def scale_federation(size: int) -> dict:
+    """End to end through a real federation on this machine (coordinator, three node
+    processes, mutual TLS, sealed relay, MPyC): wall clock of the job, each party's phases
+    (H's match split into block, compare, estimate, assign) and the peak RSS of each
+    party's process tree (node and session worker, sampled every 50 ms)."""
+    from linked_crosstab import PeakRss  # bench/ sibling: the same sampler as that bench
+
+    from jointstats.local import LocalFederation, LocalNode
+
+    data, files = scale_files(size)
+    job = {
+        "kind": "linked_crosstab",
+        "helper": "jips",
+        "left": {"node": "ministry", "dataset": "registry", "by": ["district"]},
+        "right": {"node": "survey", "dataset": "survey", "by": ["employment"]},
+        "linkage": {"method": "fuzzy", "fields": synthetic.JOB_FIELDS, "threshold": 0.8},
+        "domains": {"district": synthetic.DISTRICTS, "employment": synthetic.EMPLOYMENT},
+        "disclosure": {"min_cell": 5},
+    }
+    nodes = [
+        LocalNode("ministry", {"registry": files["registry"]}),
+        LocalNode("survey", {"survey": files["survey"]}),
+        LocalNode("jips"),
+    ]
+    # one_shot=False: each node forks its own session worker, so that the worker is in the
+    # node's process tree that PeakRss samples (with the shared fork server it is not)
+    with LocalFederation(nodes, session_timeout=1800.0, one_shot=False) as federation:
+        time.sleep(2.0)  # the nodes' spare session workers finish importing
+        load = os.getloadavg()[0]
+        with PeakRss(federation, ["ministry", "survey", "jips"]) as rss:
+            started = time.perf_counter()
+            result = federation.client.run(job, timeout=1800.0)
+            seconds = time.perf_counter() - started
+    truth = data.truth.merge(data.registry, left_on="registry_id", right_on="record_id")
+    truth = truth.merge(data.survey, left_on="survey_id", right_on="record_id")
+    expected = truth.groupby(["district", "employment"]).size()
+    table = result.table.set_index(["district", "employment"])["count"]
+    errors = (table - expected.reindex(table.index)).abs() / expected.reindex(table.index)
+    return {
+        "set": f"synthetic {size} x {size}, {size // 2} shared, errors=0.1 (federation)",
+        "end_to_end_seconds": round(seconds, 2),
+        "matched": result.metadata["matched"],
+        "true_pairs": len(data.truth),
+        "cell_error_mean": round(float(errors.mean()), 4),
+        "cell_error_max": round(float(errors.max()), 4),
+        "linkage": result.metadata.get("linkage"),
+        "load_average_before": round(load, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+        "peak_rss_mib": {n: round(v / 2**20, 1) for n, v in rss.peak.items()},
+        "phases": phases(result.metadata["timings_by_node"]),
+        "timings_by_node": result.metadata["timings_by_node"],
     }
 
 
@@ -172,13 +244,17 @@ def main() -> None:
     parser.add_argument("--febrl", type=Path, default=None)
     parser.add_argument("--scale", type=int, default=100_000, help="0 to skip")
     parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--only-scale", action="store_true", help="skip the quality cases")
+    parser.add_argument("--no-federation", action="store_true", help="scale in one process only")
     args = parser.parse_args()
-    cases = [synthetic_case(e, args.threshold) for e in (0.05, 0.1, 0.2)]
-    cases.append(synthetic_case(0.1, 0.9))
-    if args.febrl and (args.febrl / "dataset4a.csv").exists():
+    cases = [] if args.only_scale else [synthetic_case(e, args.threshold) for e in (0.05, 0.1, 0.2)]
+    cases += [] if args.only_scale else [synthetic_case(0.1, 0.9)]
+    if args.febrl and (args.febrl / "dataset4a.csv").exists() and not args.only_scale:
         cases += [febrl_case(args.febrl, p, args.threshold) for p in (False, True)]
     if args.scale:
         cases.append(scale_case(args.scale))
+        if not args.no_federation:
+            cases.append(scale_federation(args.scale))
     doc = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}",
         "python": platform.python_version(),
@@ -189,6 +265,10 @@ def main() -> None:
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{'set':45} {'thr':>4} {'prec':>6} {'recall':>6} {'cells':>12} {'H s':>6}")
     for c in cases:
+        if "end_to_end_seconds" in c:
+            print(f"{c['set']}: {c['end_to_end_seconds']} s end to end, peak RSS (MiB)")
+            print(f"  {c['peak_rss_mib']}, phases (s) {c['phases']}")
+            continue
         cells = (
             f"{c['cell_error_mean']:.3f}/{c['cell_error_max']:.3f}" if "cell_error_max" in c else ""
         )
@@ -197,6 +277,26 @@ def main() -> None:
             f"{c['recall']:6.4f} {cells:>12} {c['seconds']['helper']:6.2f}"
         )
     print(f"written to {OUT}")
+
+
+def phases(timings: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The issue's phases from the parties' timings: encode A and B (each holder's `tag`:
+    key agreement, encoding, sending), H's match parts, and the MPC part (product and
+    disclose) of the slowest party."""
+    a, b, h = timings["ministry"], timings["survey"], timings["jips"]
+    mpc = max(t.get("product", 0.0) + t.get("disclose", 0.0) for t in (a, b, h))
+    return {
+        "normalize A": a.get("normalize"),
+        "normalize B": b.get("normalize"),
+        "encode A": a.get("tag"),
+        "encode B": b.get("tag"),
+        "blocking": h.get("match_block"),
+        "comparisons": h.get("match_compare"),
+        "EM": h.get("match_estimate"),
+        "assignment": h.get("match_assign"),
+        "share": max(t.get("share", 0.0) for t in (a, b, h)),
+        "MPC": round(mpc, 3),
+    }
 
 
 if __name__ == "__main__":
