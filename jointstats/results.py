@@ -135,9 +135,12 @@ class Result:
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         try:
-            return cls.from_json(data, roster)
+            result = cls.from_json(data, roster)
+            readable = json.loads(data)
         except (ValueError, KeyError, TypeError):
             raise ResultError(f"{Path(path).name} is not a saved jointstats result") from None
+        _check_readable_copy(Path(path).name, readable, result)
+        return result
 
     def to_csv_text(self) -> str:
         frame = self.table.copy()
@@ -159,6 +162,21 @@ class Result:
             self.table.to_parquet(path, index=False)
         else:
             raise ConfigError(unsupported_suffix(path))
+
+
+def _check_readable_copy(name: str, saved: dict[str, Any], result: Result) -> None:
+    """A saved .json also holds the table and metadata in plain form, which people and
+    scripts read: they must say what the signed part says."""
+    if "signed" not in saved:
+        return  # the bare signed document: nothing else to compare
+    table = json.loads(result.table.to_json(orient="records"))
+    if saved.get("table") != table:
+        raise ResultError(
+            f"{name}: its readable `table` differs from the signed one; read the table from "
+            "`signed` or fetch the result again"
+        )
+    if saved.get("metadata") != result.metadata:
+        raise ResultError(f"{name}: its readable `metadata` differs from the signed one")
 
 
 def meta_path(path: Path) -> Path:

@@ -107,6 +107,13 @@ def test_a_saved_json_result_verifies_offline_and_an_edit_is_caught(
     assert edited.returncode == 5
     assert "does not match drc's signature" in edited.stderr
     assert "Traceback" not in edited.stderr
+    readable = json.loads((tmp_path / "out.json").read_text())
+    shown = next(r for r in readable["table"] if r["count"] is not None)
+    shown["count"] += 1  # the plain copy people read, edited; the signed part untouched
+    (tmp_path / "readable.json").write_text(json.dumps(readable))
+    misleading = _jointstats("result", "verify", "readable.json", roster, cwd=tmp_path)
+    assert misleading.returncode == 5
+    assert "readable `table` differs from the signed one" in misleading.stderr
 
 
 def test_an_unsupported_out_suffix_fails_before_any_work(data_dir: Path, tmp_path: Path) -> None:
