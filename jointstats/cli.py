@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from jointstats.cli_audit import audit_app
-from jointstats.errors import JointstatsError
+from jointstats.errors import ConfigError, JointstatsError
 
 
 def _flag_type(self: typer.core.TyperOption, ctx: object) -> str | None:
@@ -109,10 +109,19 @@ def keys_new(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the private keys.")],
     host: Annotated[list[str], typer.Option(help="Host names/IPs for the TLS cert.")] = [],  # noqa: B006
     address: Annotated[str, typer.Option(help="host:port (coordinator only).")] = "",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace keys already in OUT (they are lost).")
+    ] = False,
 ) -> None:
     """Create a member's keys; share OUT/member.toml (public) with the roster keeper."""
     from jointstats.keys import new_member
 
+    existing = [f for f in ("sign.key", "tls.key", "kx.key") if (out_dir / f).exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{out_dir} already holds keys ({', '.join(existing)}): a node or coordinator "
+            "using them would lose its identity; choose another --out, or add --force"
+        )
     member = new_member(out_dir, name, role, host or None, address)
     out.print(f"{member.name} ({member.role})")
     out.print(f"  identity fingerprint: {member.identity_fingerprint}", **UNWRAPPED)

@@ -14,6 +14,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from jointstats.cli import app
+from jointstats.errors import ConfigError
 from jointstats.node.policy import decide
 from jointstats.progress import print_result
 from jointstats.results import Result
@@ -121,6 +122,18 @@ def test_fingerprints_do_not_wrap_at_80_columns(tmp_path: Path) -> None:
     assert run.exit_code == 0, run.output
     signing = [line for line in run.output.splitlines() if "signing fingerprint" in line]
     assert len(signing) == 1 and len(signing[0].split()[-1]) == 64
+
+
+def test_keys_new_keeps_existing_keys_unless_forced(tmp_path: Path) -> None:
+    args = ["keys", "new", "--name", "unhcr", "--role", "node", "--out", str(tmp_path)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = (tmp_path / "sign.key").read_bytes()
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, ConfigError)
+    assert "already holds keys" in str(again.exception) and "--force" in str(again.exception)
+    assert (tmp_path / "sign.key").read_bytes() == before
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
+    assert (tmp_path / "sign.key").read_bytes() != before
 
 
 def test_demo_timings_are_worded_for_people() -> None:
