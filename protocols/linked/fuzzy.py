@@ -337,38 +337,44 @@ def encode_field(
     return keyed_tags(values, key)[:, None]
 
 
-def _token_codes(column: pa.Array, kind: str, part: str) -> tuple[list[str], np.ndarray]:
-    """Distinct blocking tokens of one field (part) and each record's token index (-1)."""
+def _token_codes(column: pa.Array, kind: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct blocking tokens of one field (part), as an object array, and each record's
+    token index (-1 if missing)."""
     distinct, codes = _distinct(column)
     tokens = [block_token(kind, value, part) for value in distinct]
     names, inverse = np.unique(np.asarray(tokens, dtype=object), return_inverse=True)
     table = np.append(inverse.astype(np.int64), -1)
-    return [str(n) for n in names], table[codes]
+    return names, table[codes]
 
 
 def blocking_keys(columns: list[pa.Array], fields: list[LinkField], key: bytes) -> np.ndarray:
-    """(n, len(passes)) keyed tags; 0 where a field of the pass is missing."""
+    """(n, len(passes)) keyed tags; 0 where a field of the pass is missing. Each pass's
+    tag is keyed BLAKE2b of its tokens joined by a unit separator, hashed once per distinct
+    combination."""
     n = len(columns[0]) if columns else 0
+    tokens: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
     out = []
     for p, parts in enumerate(passes(fields)):
-        combined = np.zeros(n, dtype=np.int64)
-        missing = np.zeros(n, dtype=bool)
-        names: list[list[str]] = []
         for f, part in parts:
-            tokens, codes = _token_codes(columns[f], fields[f].kind, part)
-            combined = combined * (len(tokens) + 1) + codes + 1
-            missing |= codes < 0
-            names.append(tokens)
-        combos, inverse = np.unique(combined[~missing], return_inverse=True)
-        strings = []
-        for combo in combos.tolist():  # decode the mixed-radix code into its tokens
-            tokens = []
-            for values in reversed(names):
-                combo, digit = divmod(combo, len(values) + 1)
-                tokens.append(values[digit - 1])
-            strings.append("\x1f".join(reversed(tokens)))
+            if (f, part) not in tokens:
+                tokens[f, part] = _token_codes(columns[f], fields[f].kind, part)
+        present = np.ones(n, dtype=bool)
+        combined = np.zeros(n, dtype=np.int64)  # mixed radix: one digit per part
+        for f, part in parts:
+            names, codes = tokens[f, part]
+            present &= codes >= 0
+            combined = combined * len(names) + codes
+        combos, inverse = np.unique(combined[present], return_inverse=True)
+        pieces = []
+        for f, part in reversed(parts):  # decode the last digit first
+            names = tokens[f, part][0]
+            combos, digit = np.divmod(combos, len(names))
+            pieces.insert(0, names[digit])
+        joined = pieces[0]
+        for piece in pieces[1:]:
+            joined = joined + "\x1f" + piece
         tags = np.zeros(n, dtype=np.uint64)
-        tags[~missing] = _tags_of(strings, subkey(key, f"block {p}"))[inverse]
+        tags[present] = _tags_of(joined.tolist(), subkey(key, f"block {p}"))[inverse.ravel()]
         out.append(tags)
     return np.stack(out, 1) if out else np.zeros((n, 0), dtype=np.uint64)
 

@@ -34,7 +34,7 @@ MAX_BLOCK_PAIRS = 250_000  # a block this big is skipped in its pass (it is not 
 MAX_CANDIDATES = 50_000_000  # H refuses a job whose blocking is this coarse
 PAIRS_PER_RECORD = 40  # candidate budget: blocks smallest first, up to this many pairs per record
 RANDOM_PAIRS = 200_000  # pairs sampled to estimate u
-CHUNK = 200_000  # candidate pairs compared at once (memory ~ CHUNK x 8 words x 8 bytes)
+CHUNK = 32_768  # candidate pairs compared at once (buffers of CHUNK x 8 words stay in cache)
 HISTOGRAM_BINS = 10
 RADIX = 5  # levels -1..3 shifted to 0..4: one base-5 digit per field in a pattern code
 SAFETY = 2  # residual linkage: chance agreements at least 2x likelier than independence says
@@ -142,32 +142,49 @@ def agreeing(left: np.ndarray, right: np.ndarray, i: np.ndarray, j: np.ndarray) 
 
 
 def dice_levels(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Levels of the Dice coefficient of Bloom filters a[i], b[j]; -1 where one is empty."""
+    """Levels of the Dice coefficient of Bloom filters a[i], b[j]; -1 where one is empty.
+    Chunks of pairs go through preallocated buffers (gather, and, popcount in place)."""
     ones_a = np.bitwise_count(a).sum(1, dtype=np.int32)
     ones_b = np.bitwise_count(b).sum(1, dtype=np.int32)
-    # 2 * common / total >= level  <=>  common >= level * total / 2: integers, no division
+    # 2 * common / total >= level  <=>  common >= level * total / 2: no division
     cuts = np.asarray(DICE_LEVELS) / 2
     out = np.empty(len(i), dtype=np.int8)
+    rows_a = np.empty((CHUNK, a.shape[1]), dtype=np.uint64)
+    rows_b = np.empty_like(rows_a)
+    bits = np.empty(rows_a.shape, dtype=np.uint8)
     for s in range(0, len(i), CHUNK):
         ii, jj = i[s : s + CHUNK], j[s : s + CHUNK]
-        common = np.bitwise_count(a[ii] & b[jj]).sum(1, dtype=np.int32)
-        x, y = ones_a[ii], ones_b[jj]
-        total = x + y
+        x, y = rows_a[: len(ii)], rows_b[: len(ii)]
+        np.take(a, ii, axis=0, out=x)
+        np.take(b, jj, axis=0, out=y)
+        common = np.bitwise_count(np.bitwise_and(x, y, out=x), out=bits[: len(ii)])
+        common = common.sum(1, dtype=np.int32)
+        total = ones_a[ii] + ones_b[jj]
         level = (common >= cuts[0] * total).astype(np.int8)
         for cut in cuts[1:]:
             level += common >= cut * total
-        level[(x == 0) | (y == 0)] = -1
+        level[(ones_a[ii] == 0) | (ones_b[jj] == 0)] = -1
         out[s : s + CHUNK] = level
     return out
 
 
 def date_levels(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Same date 3, day and month swapped 2, one digit off 1, else 0; -1 if one is missing.
+    Tag by tag over contiguous columns (1-D gathers from arrays that stay in cache)."""
+    columns_a = [np.ascontiguousarray(a[:, c]) for c in range(a.shape[1])]
+    columns_b = [np.ascontiguousarray(b[:, c]) for c in range(b.shape[1])]
     out = np.empty(len(i), dtype=np.int8)
     for s in range(0, len(i), CHUNK):
-        x, y = a[i[s : s + CHUNK]], b[j[s : s + CHUNK]]
-        same = x == y
-        level = np.where(same[:, 0], 3, np.where(same[:, 1], 2, np.where(same[:, 2:].any(1), 1, 0)))
-        level[(x[:, 0] == 0) | (y[:, 0] == 0)] = -1
+        ii, jj = i[s : s + CHUNK], j[s : s + CHUNK]
+        first = columns_a[0][ii]
+        missing = (first == 0) | (columns_b[0][jj] == 0)
+        slip = np.zeros(len(ii), dtype=bool)
+        for x, y in zip(columns_a[2:], columns_b[2:], strict=True):
+            slip |= x[ii] == y[jj]
+        level = slip.astype(np.int8)
+        level[columns_a[1][ii] == columns_b[1][jj]] = 2
+        level[first == columns_b[0][jj]] = 3
+        level[missing] = -1
         out[s : s + CHUNK] = level
     return out
 
