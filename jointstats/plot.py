@@ -9,6 +9,7 @@ job; the caption gives the threshold and epsilon.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 PLOT_SUFFIXES = (".png", ".svg")
 SUPPRESSED = "suppressed"
+NO_VALUE = "n/a"  # released, but this measure has no value (a share whose total is suppressed)
 GREY = "#d0d0d0"
 TOTAL = "total"
 
@@ -77,8 +79,12 @@ def _caption(result: Result, measure: str) -> str:
     noise = f"ε = {epsilon}" if epsilon else "ε: none (exact counts)"
     cells = result.metadata.get("cells")
     hidden = result.metadata.get("suppressed_cells")
-    count = f"; {hidden} of {cells} cells suppressed" if cells is not None else ""
+    known = cells is not None and hidden is not None
+    count = f"; {hidden} of {cells} cells suppressed" if known else ""
     mode = result.job.get("shares")
+    unknown = ""
+    if measure == "share" and _released_without_share(result.table):
+        unknown = f" · {NO_VALUE}: released, but its total is suppressed"
     if measure == "share" and mode:
         margins = (result.job.get("disclosure") or {}).get("margins")
         base = "released totals" if margins else "the sum of released cells"
@@ -86,7 +92,11 @@ def _caption(result: Result, measure: str) -> str:
     why = f"below min_cell = {disclosure.get('min_cell')}"
     if result.metadata.get("secondary_suppressed"):
         why += " or protecting one that is"
-    return f"{measure} · cells {why} suppressed (hatched grey){count} · {noise}"
+    return f"{measure} · cells {why} suppressed (hatched grey){count}{unknown} · {noise}"
+
+
+def _released_without_share(table: pd.DataFrame) -> bool:
+    return bool((table["share"].isna() & ~table["suppressed"].astype(bool)).any())
 
 
 def _by_columns(result: Result) -> list[str]:
@@ -108,13 +118,16 @@ def _cells(result: Result, by: list[str]) -> pd.DataFrame:
 def _bars(ax: Axes, table: pd.DataFrame, column: str, measure: str) -> None:
     labels = [str(v) for v in table[column]]
     values = pd.to_numeric(table[measure], errors="coerce")
-    hidden = table["suppressed"].astype(bool) | values.isna()
-    top = float(values[~hidden].max()) if (~hidden).any() else 1.0
+    hidden = table["suppressed"].astype(bool)
+    shown = ~hidden & values.notna()
+    top = float(values[shown].max()) if shown.any() else 1.0
     top = top if top > 0 else 1.0
     for i, (value, gone) in enumerate(zip(values, hidden, strict=True)):
         if gone:
             ax.bar(i, top, color=GREY, hatch="//", edgecolor="#808080", alpha=0.6)
             ax.text(i, top / 2, SUPPRESSED, ha="center", va="center", rotation=90, fontsize=9)
+        elif pd.isna(value):
+            ax.text(i, 0, NO_VALUE, ha="center", va="bottom", fontsize=9, color="#606060")
         else:
             ax.bar(i, value, color="#3b75af")
             ax.text(i, value, _text(value, measure), ha="center", va="bottom", fontsize=9)
@@ -137,9 +150,9 @@ def _heatmap(
     for _, line in table.iterrows():
         i, j = row_labels.index(str(line[rows])), col_labels.index(str(line[cols]))
         value = pd.to_numeric(line[measure], errors="coerce")
-        if bool(line["suppressed"]) or pd.isna(value):
+        if bool(line["suppressed"]):
             hidden[i, j] = True
-        else:
+        elif not pd.isna(value):
             grid[i, j] = float(value)
     image = ax.imshow(
         np.ma.masked_invalid(grid), cmap="Blues", vmin=scale[0], vmax=scale[1], aspect="auto"
@@ -153,7 +166,9 @@ def _heatmap(
                               edgecolor="#808080", linewidth=0)
                 )  # fmt: skip
                 ax.text(j, i, SUPPRESSED, ha="center", va="center", fontsize=8, color="#333333")
-            elif not math.isnan(grid[i, j]):
+            elif math.isnan(grid[i, j]):
+                ax.text(j, i, NO_VALUE, ha="center", va="center", fontsize=8, color="#606060")
+            else:
                 color = "white" if grid[i, j] > middle else "black"
                 ax.text(j, i, _text(grid[i, j], measure), ha="center", va="center",
                         fontsize=9, color=color)  # fmt: skip
@@ -205,7 +220,8 @@ def draw(result: Result) -> Figure:
         figure.colorbar(image, ax=list(axes), label=measure, shrink=0.9)
     FigureCanvasAgg(figure)
     figure.suptitle(_title(result), fontsize=12)
-    figure.text(0.5, 0.0, _caption(result, measure), ha="center", va="top", fontsize=8.5)
+    caption = textwrap.fill(_caption(result, measure), width=110)  # a long line widens the PNG
+    figure.text(0.5, 0.0, caption, ha="center", va="top", fontsize=8.5)
     return figure
 
 

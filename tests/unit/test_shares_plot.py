@@ -138,3 +138,22 @@ def test_plot_refuses_other_suffixes(tmp_path: Path) -> None:
     result = _result(_released(["a"], [ROWS]), {"kind": "crosstab", "by": ["a"]})
     with pytest.raises(ConfigError, match="use .png or .svg"):
         result.plot(tmp_path / "t.pdf")
+
+
+def test_plot_marks_a_released_cell_without_a_share_as_na_not_suppressed(tmp_path: Path) -> None:
+    lines = [
+        ("north", "idp", 20, False), ("north", "returnee", None, True),
+        ("south", "idp", 30, False), ("south", "returnee", 40, False),
+        ("north", "total", None, True), ("south", "total", 70, False),
+        ("total", "idp", 50, False), ("total", "returnee", 45, False),
+        ("total", "total", 115, False),
+    ]  # fmt: skip
+    table = pd.DataFrame(lines, columns=["a", "b", "count", "suppressed"])
+    job = {"kind": "crosstab", "by": ["a", "b"], "shares": "row", "disclosure": {"margins": True}}
+    figure = _result(table, job).plot()
+    texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert texts.count("suppressed") == 1  # north/returnee only: north/idp was released
+    assert texts.count("n/a") == 1
+    captions = " ".join(t.get_text().replace("\n", " ") for t in figure.texts)
+    assert "n/a: released, but its total is suppressed" in captions
+    _result(table, job).plot(tmp_path / "na.png")
