@@ -11,7 +11,13 @@ from typing import Any
 import grpc
 
 from jointstats.config import ClientConfig
-from jointstats.errors import JobFailed, JointstatsError, SessionTimeout, from_rpc_error
+from jointstats.errors import (
+    ConfigError,
+    JobFailed,
+    JointstatsError,
+    SessionTimeout,
+    from_rpc_error,
+)
 from jointstats.jobs import canonical_json, load_job_file
 from jointstats.keys import Identity, Roster
 from jointstats.protocols.base import Plan
@@ -128,9 +134,15 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                online = {n.name for n in self.nodes() if n.online}
+                members = self.nodes()
             except JointstatsError:
-                online = set()
+                members = []
+            unknown = sorted(set(names) - {n.name for n in members})
+            if members and unknown:
+                nodes = ", ".join(sorted(n.name for n in members))
+                missing = ", ".join(unknown)
+                raise ConfigError(f"not a node in the roster: {missing} (nodes: {nodes})")
+            online = {n.name for n in members if n.online}
             if set(names) <= online:
                 return
             if time.monotonic() > deadline:

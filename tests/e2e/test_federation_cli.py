@@ -13,6 +13,9 @@ def test_nodes_submit_and_result_with_plot(federation, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     lines = {line.split()[0]: line for line in run.stdout.splitlines()}
     assert " connected " in lines["unhcr"] and "datasets: households" in lines["unhcr"]
+    typo = _jointstats("nodes", "--config", client, "--wait-for", "unhrc", cwd=tmp_path)
+    assert typo.returncode == 2  # at once, not after the whole timeout
+    assert "error: not a node in the roster: unhrc (nodes: " in typo.stderr
     (tmp_path / "job.toml").write_text(JOB_TOML)
     run = _jointstats("submit", "job.toml", "--config", client, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
