@@ -128,7 +128,9 @@ def keys_new(
     out.print(
         f"  signing fingerprint (for node policies): {member.signing_fingerprint}", **UNWRAPPED
     )
-    out.print(f"public entry: {out_dir / 'member.toml'}  (private keys stay in {out_dir})")
+    out.print(
+        f"public entry: {out_dir / 'member.toml'}  (private keys stay in {out_dir})", **UNWRAPPED
+    )
 
 
 @keys_app.command("roster")

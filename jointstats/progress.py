@@ -65,4 +65,5 @@ def print_result(console: Console, result: Result) -> None:
         f"min_cell {disclosure.get('min_cell')}; suppressed {meta.get('suppressed_cells')} of "
         f"{meta.get('cells')} cells",
         highlight=False,
+        soft_wrap=True,  # one line when piped, for grep and scripts
     )
