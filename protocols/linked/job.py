@@ -35,7 +35,8 @@ from jointstats.protocols.release import Disclosure, WithDisclosure, parse_discl
 KIND = "linked_crosstab"
 FIELDS = {"kind", "helper", "left", "right", "domains", "disclosure", "linkage", "where", "bins"}
 SIDE_FIELDS = {"node", "dataset", "key", "by", "normalize", "duplicates", "weight", "where"}
-VERSION = 4  # bumped when the session's messages or the release rule change (4: where, bins)
+VERSION = 5  # bumped when the session's messages or what a party sees change (4: where, bins;
+# 5: fuzzy blocking tokens and encodings that H sees, residual assignment)
 METHODS = ("exact", "fuzzy")
 LINKAGE_FIELDS = {"method", "fields", "threshold"}
 FIELD_KINDS = ("name", "text", "date", "exact")
