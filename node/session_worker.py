@@ -58,6 +58,7 @@ PRECONNECT_ENV = "JOINTSTATS_PRECONNECT"
 PRECONNECT_SECONDS = 10.0
 BYE_SECONDS = 10.0
 CACHE_ENV = "JOINTSTATS_CSV_CACHE_DIR"  # set by the node's WorkerPool
+PROFILE_ENV = "JOINTSTATS_PROFILE_DIR"
 
 
 class RelayChannel:
@@ -244,6 +245,21 @@ def _public_error(exc: BaseException) -> tuple[str, str]:
     )
 
 
+def _profiled(run: Callable[[], Any], job_id: str) -> Any:
+    """With JOINTSTATS_PROFILE_DIR set (benchmarks), the session runs under cProfile and its
+    statistics go to DIR/<job>-<pid>.prof (docs/performance.md)."""
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        return run()
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(run)
+    finally:
+        profile.dump_stats(str(Path(folder) / f"{job_id}-{os.getpid()}.prof"))
+
+
 def main() -> int:
     # The node owns this process: a SIGTERM to the whole group (systemd, Ctrl-C) must let the
     # node abort the session, report it and log it; the node kills us itself.
@@ -265,9 +281,8 @@ def main() -> int:
             result_pipe.write(json.dumps({"progress": phase}) + "\n")
             result_pipe.flush()
 
-        result, facts = loop.run_until_complete(
-            asyncio.wait_for(run_session(spec, channel, progress), spec.timeout + 30)
-        )
+        session = asyncio.wait_for(run_session(spec, channel, progress), spec.timeout + 30)
+        result, facts = _profiled(lambda: loop.run_until_complete(session), spec.job_id)
         result_pipe.write(json.dumps({"ok": True, "result": result, "facts": facts}) + "\n")
         code = 0
     except BaseException as exc:  # report every failure as one line; details stay in the log
