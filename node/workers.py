@@ -165,6 +165,8 @@ class ForkServer:
 
     async def close(self) -> None:
         if self._sock is not None:
+            with contextlib.suppress(OSError):  # wakes a request blocked in recv (a thread)
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()  # EOF: our own fork server exits (a shared one runs on)
             self._sock = None
         if self._process is not None and self._process.returncode is None:
@@ -296,9 +298,14 @@ class WorkerPool:
         return await self._spares.popleft()
 
     async def close(self) -> None:
+        """Kill the spares; one still starting (a fork server still importing) is cancelled
+        rather than awaited, so that a node stops at once even right after it started."""
         while self._spares:
-            with contextlib.suppress(Exception):
-                worker = await self._spares.popleft()
+            task = self._spares.popleft()
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                worker = await task
                 await worker.kill()
         if self._fork_server is not None:
             await self._fork_server.close()
