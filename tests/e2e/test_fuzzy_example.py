@@ -36,4 +36,5 @@ def test_fuzzy_example(tmp_path: Path) -> None:
     assert len(released) == 9
     for row in released.itertuples(index=False):
         true = int(truth[(row.district, row.employment)])
-        assert abs(row.count - true) <= max(2, 0.03 * true), (row.district, row.employment)
+        # within 1 % or, for these small cells (31-200 people), one record: measured 0-1
+        assert abs(row.count - true) <= max(1, 0.01 * true), (row.district, row.employment)
