@@ -1,19 +1,18 @@
-"""Fuzzy matching at the helper H: blocking, comparison levels, Fellegi–Sunter by EM, 1:1.
+"""Fuzzy matching at the helper H: Fellegi–Sunter by EM, then one-to-one assignment.
 
 H holds, per record of each side, the keyed encodings of `fuzzy.encode` (it cannot invert
 them: it lacks the key). It
-1. blocks: joins the two sides on each blocking pass's keyed tags (records missing a pass's
-   fields sit it out; a block with more than MAX_BLOCK_PAIRS pairs is skipped in that pass),
-   and takes the union of the candidate pairs;
-2. compares each candidate pair field by field into a discrete level (numpy, vectorised):
-   Bloom filters by their Dice coefficient (levels at DICE_LEVELS), dates by which tag agrees
-   (same date 3, day and month swapped 2, one digit off 1, else 0), exact fields by equality;
-   a missing value on either side is level -1, no evidence;
-3. estimates u (level frequencies among non-matches) from uniformly random pairs, and m and
-   the match share by EM over the candidates' comparison vectors with u fixed (as splink
-   does), assuming fields independent given the match status (Fellegi & Sunter 1969);
-4. computes each candidate's match probability and assigns pairs one to one, greedily by
-   decreasing probability, among those at or above the threshold.
+1. blocks and 2. compares the candidate pairs into comparison levels
+   (protocols.linked.compare: a candidate budget linear in the records, numpy throughout);
+3. estimates u (level frequencies among non-matches) from uniformly random pairs, and m by
+   EM with u fixed over each blocking pass's candidates on the fields that pass does not
+   block on (as splink trains), assuming fields independent given the match status
+   (Fellegi & Sunter 1969); the match share over the whole pair space. Both run over the
+   counts of distinct comparison vectors, not over pairs;
+4. assigns pairs one to one, greedily by decreasing probability, at or above the threshold;
+5. among the records left unlinked, assigns a second time from the counts of comparison
+   vectors against chance (`residual`): pairs whose only evidence is agreement on a few
+   fields with the others missing, which over all pairs are ambiguous.
 Quality figures for the metadata: the estimated false-match rate of the assigned pairs (mean
 of 1 - p), an estimate of recall (assigned probability mass over all candidates' mass) and a
 histogram of the assigned pairs' probabilities (it adds up to n, which is public).
@@ -26,19 +25,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jointstats.errors import JobError
+from jointstats.protocols.linked.compare import (
+    LEVELS,
+    agreeing,
+    candidates,
+    codes,
+    compare,
+    patterns,
+)
 
-DICE_LEVELS = (0.55, 0.7, 0.78)  # Dice at or above these: levels 1, 2, 3
-LEVELS = {"name": 4, "text": 4, "date": 4, "exact": 2}
-MAX_BLOCK_PAIRS = 250_000  # a block this big is skipped in its pass (it is not selective)
-MAX_CANDIDATES = 50_000_000  # H refuses a job whose blocking is this coarse
-PAIRS_PER_RECORD = 40  # candidate budget: blocks smallest first, up to this many pairs per record
 RANDOM_PAIRS = 200_000  # pairs sampled to estimate u
-CHUNK = 32_768  # candidate pairs compared at once (buffers of CHUNK x 8 words stay in cache)
 HISTOGRAM_BINS = 10
-RADIX = 5  # levels -1..3 shifted to 0..4: one base-5 digit per field in a pattern code
 SAFETY = 2  # residual linkage: chance agreements at least 2x likelier than independence says
-MAX_DENSE_PATTERNS = 5**9  # up to 9 fields, patterns are counted in a dense table
 PPM = 1_000_000  # rates travel as integers in millionths
 
 
@@ -62,171 +60,6 @@ class Outcome:
     model: Model
     recall_estimate: float
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Blocks:
-    """One blocking pass: the records with a tag on each side, their block numbers, and the
-    number of records of each block on each side."""
-
-    rows_a: np.ndarray
-    rows_b: np.ndarray
-    code_a: np.ndarray
-    code_b: np.ndarray
-    count_a: np.ndarray
-    count_b: np.ndarray
-
-    @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray) -> Blocks:
-        rows_a, rows_b = np.flatnonzero(a), np.flatnonzero(b)
-        keys, inverse = np.unique(np.concatenate([a[rows_a], b[rows_b]]), return_inverse=True)
-        code_a, code_b = inverse[: len(rows_a)], inverse[len(rows_a) :]
-        count_a = np.bincount(code_a, minlength=len(keys))
-        count_b = np.bincount(code_b, minlength=len(keys))
-        return cls(rows_a, rows_b, code_a, code_b, count_a, count_b)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return self.count_a * self.count_b
-
-    def pairs(self, largest: int, n_right: int) -> np.ndarray:
-        """Pair codes i * n_right + j of the blocks of at most `largest` pairs (sort and
-        repeat: no Python loop per block or per pair)."""
-        keep = (self.sizes > 0) & (self.sizes <= largest)
-        order_b = np.argsort(self.code_b, kind="stable")
-        start_b = np.cumsum(self.count_b) - self.count_b
-        chosen = keep[self.code_a]
-        rows, codes = self.rows_a[chosen], self.code_a[chosen]
-        per_row = self.count_b[codes]  # each left record pairs with its block's right records
-        total = int(per_row.sum())
-        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-        right = self.rows_b[order_b[np.repeat(start_b[codes], per_row) + within]]
-        return np.repeat(rows.astype(np.int64), per_row) * n_right + right
-
-
-def _largest_block(blocks: list[Blocks], budget: int) -> int:
-    """The largest block size such that all blocks up to that size, over all passes, give at
-    most `budget` pairs: the least selective blocks (common values) go first."""
-    sizes = np.sort(np.concatenate([b.sizes[b.sizes > 0] for b in blocks] or [np.zeros(0)]))
-    if not len(sizes):
-        return 0
-    within = np.cumsum(sizes) <= budget
-    if within.all():
-        return MAX_BLOCK_PAIRS
-    cut = int(sizes[np.argmin(within)])  # the first size that no longer fits
-    return min(cut - 1, MAX_BLOCK_PAIRS)
-
-
-def candidates(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Union over passes (columns) of pairs whose blocking tags agree (0 = missing), sorted
-    by left then right position (so that comparisons read the left side in order). Blocks
-    are taken smallest first, up to PAIRS_PER_RECORD pairs per record of the larger side."""
-    n_right = max(len(right), 1)
-    blocks = [Blocks.of(left[:, p], right[:, p]) for p in range(left.shape[1])]
-    largest = _largest_block(blocks, PAIRS_PER_RECORD * max(len(left), len(right)))
-    found = [b.pairs(largest, n_right) for b in blocks]
-    if sum(len(f) for f in found) > MAX_CANDIDATES:
-        raise JobError("fuzzy linkage: blocking leaves too many candidate pairs")
-    flat = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    flat = flat[np.concatenate([[True], flat[1:] != flat[:-1]])] if len(flat) else flat
-    return flat // n_right, flat % n_right
-
-
-def agreeing(left: np.ndarray, right: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """(pairs, passes) bool: whether each pair agrees on each pass's (non-missing) tag."""
-    out = np.empty((len(i), left.shape[1]), dtype=bool)
-    for p in range(left.shape[1]):
-        a = left[:, p][i]
-        out[:, p] = (a == right[:, p][j]) & (a != 0)
-    return out
-
-
-def dice_levels(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Levels of the Dice coefficient of Bloom filters a[i], b[j]; -1 where one is empty.
-    Chunks of pairs go through preallocated buffers (gather, and, popcount in place)."""
-    ones_a = np.bitwise_count(a).sum(1, dtype=np.int32)
-    ones_b = np.bitwise_count(b).sum(1, dtype=np.int32)
-    # 2 * common / total >= level  <=>  common >= level * total / 2: no division
-    cuts = np.asarray(DICE_LEVELS) / 2
-    out = np.empty(len(i), dtype=np.int8)
-    rows_a = np.empty((CHUNK, a.shape[1]), dtype=np.uint64)
-    rows_b = np.empty_like(rows_a)
-    bits = np.empty(rows_a.shape, dtype=np.uint8)
-    for s in range(0, len(i), CHUNK):
-        ii, jj = i[s : s + CHUNK], j[s : s + CHUNK]
-        x, y = rows_a[: len(ii)], rows_b[: len(ii)]
-        np.take(a, ii, axis=0, out=x)
-        np.take(b, jj, axis=0, out=y)
-        common = np.bitwise_count(np.bitwise_and(x, y, out=x), out=bits[: len(ii)])
-        common = common.sum(1, dtype=np.int32)
-        total = ones_a[ii] + ones_b[jj]
-        level = (common >= cuts[0] * total).astype(np.int8)
-        for cut in cuts[1:]:
-            level += common >= cut * total
-        level[(ones_a[ii] == 0) | (ones_b[jj] == 0)] = -1
-        out[s : s + CHUNK] = level
-    return out
-
-
-def date_levels(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Same date 3, day and month swapped 2, one digit off 1, else 0; -1 if one is missing.
-    Tag by tag over contiguous columns (1-D gathers from arrays that stay in cache)."""
-    columns_a = [np.ascontiguousarray(a[:, c]) for c in range(a.shape[1])]
-    columns_b = [np.ascontiguousarray(b[:, c]) for c in range(b.shape[1])]
-    out = np.empty(len(i), dtype=np.int8)
-    for s in range(0, len(i), CHUNK):
-        ii, jj = i[s : s + CHUNK], j[s : s + CHUNK]
-        first = columns_a[0][ii]
-        missing = (first == 0) | (columns_b[0][jj] == 0)
-        slip = np.zeros(len(ii), dtype=bool)
-        for x, y in zip(columns_a[2:], columns_b[2:], strict=True):
-            slip |= x[ii] == y[jj]
-        level = slip.astype(np.int8)
-        level[columns_a[1][ii] == columns_b[1][jj]] = 2
-        level[first == columns_b[0][jj]] = 3
-        level[missing] = -1
-        out[s : s + CHUNK] = level
-    return out
-
-
-def exact_levels(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    x, y = a[i, 0], b[j, 0]
-    return np.where((x == 0) | (y == 0), -1, (x == y).astype(np.int8)).astype(np.int8)
-
-
-def compare(
-    kinds: list[str], left: list[np.ndarray], right: list[np.ndarray], i: np.ndarray, j: np.ndarray
-) -> np.ndarray:
-    """(pairs, fields) int8 comparison levels; -1 = missing evidence."""
-    by_kind = {"name": dice_levels, "text": dice_levels, "date": date_levels}
-    columns = [
-        by_kind.get(kind, exact_levels)(a, b, i, j)
-        for kind, a, b in zip(kinds, left, right, strict=True)
-    ]
-    return np.stack(columns, 1) if columns else np.zeros((len(i), 0), dtype=np.int8)
-
-
-def patterns(gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct comparison vectors, their counts, and each pair's pattern index. There are at
-    most 5^fields patterns however many pairs: EM and the share run over these counts."""
-    if gamma.shape[1] == 0:
-        return gamma[:1], np.array([len(gamma)]), np.zeros(len(gamma), dtype=np.int64)
-    code = np.zeros(len(gamma), dtype=np.int64)
-    for f in range(gamma.shape[1]):
-        code = code * RADIX + (gamma[:, f].astype(np.int64) + 1)
-    if RADIX ** gamma.shape[1] <= MAX_DENSE_PATTERNS:  # count by code: no sort
-        tally = np.bincount(code, minlength=RADIX ** gamma.shape[1])
-        codes = np.flatnonzero(tally)
-        counts = tally[codes]
-        inverse = np.cumsum(tally > 0)[code] - 1
-    else:
-        codes, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
-    distinct = np.empty((len(codes), gamma.shape[1]), dtype=np.int8)
-    rest = codes.copy()
-    for f in reversed(range(gamma.shape[1])):
-        rest, digit = np.divmod(rest, RADIX)
-        distinct[:, f] = digit - 1
-    return distinct, counts, inverse
 
 
 def _frequencies(levels: np.ndarray, count: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -369,13 +202,6 @@ class Background:
         return cls(u, missing)
 
 
-def _codes(gamma: np.ndarray) -> np.ndarray:
-    code = np.zeros(len(gamma), dtype=np.int64)
-    for f in range(gamma.shape[1]):
-        code = code * RADIX + (gamma[:, f].astype(np.int64) + 1)
-    return code
-
-
 def residual(
     gamma: np.ndarray, model: Model, background: Background, free: float, cross: Cross
 ) -> np.ndarray:
@@ -395,14 +221,21 @@ def residual(
     chance = np.full(len(distinct), float(free) * SAFETY)
     for f in range(distinct.shape[1]):
         chance *= background.with_missing[f][distinct[:, f].astype(np.int64) + 1]
-    codes, tally = np.unique(_codes(cross.gamma), return_counts=True)
-    at = np.clip(np.searchsorted(codes, _codes(distinct)), 0, max(len(codes) - 1, 0))
-    found = tally[at] * (codes[at] == _codes(distinct)) if len(codes) else np.zeros(len(at))
-    chance = np.maximum(chance, free * found / max(cross.pairs, 1.0))
+    chance = np.maximum(chance, free * _seen_among(cross.gamma, distinct) / max(cross.pairs, 1))
     log_ratio, _ = _likelihoods(distinct, model)
     agree = (distinct != 0).all(1)  # every present field agrees at least partly
     p = np.clip(1.0 - chance / seen, 0.0, 1.0) * (log_ratio > 0) * agree
     return p[inverse]
+
+
+def _seen_among(gamma: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """How often each of the `distinct` comparison vectors occurs in `gamma`."""
+    known, tally = np.unique(codes(gamma), return_counts=True)
+    wanted = codes(distinct)
+    if not len(known):
+        return np.zeros(len(distinct))
+    at = np.clip(np.searchsorted(known, wanted), 0, len(known) - 1)
+    return np.where(known[at] == wanted, tally[at], 0)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from jointstats.errors import JobError
-from jointstats.protocols.linked import fuzzy, match, synthetic
+from jointstats.protocols.linked import compare, fuzzy, match, synthetic
 from jointstats.protocols.linked.job import parse
 
 JOB = {
@@ -104,7 +104,7 @@ def synthetic_field(kind: str, fmt: str = "%Y-%m-%d"):
 
 def _date_level(a: str, b: str) -> int:
     tags = fuzzy.date_tags([a, b], KEY)
-    return int(match.date_levels(tags[:1], tags[1:], np.array([0]), np.array([0]))[0])
+    return int(compare.date_levels(tags[:1], tags[1:], np.array([0]), np.array([0]))[0])
 
 
 def test_date_tolerance():
@@ -113,7 +113,7 @@ def test_date_tolerance():
     assert _date_level("19900512", "19910512") == 1  # one digit
     assert _date_level("19900512", "19850101") == 0
     tags = fuzzy.date_tags([None, "19900512"], KEY)
-    assert match.date_levels(tags[:1], tags[1:], np.array([0]), np.array([0]))[0] == -1
+    assert compare.date_levels(tags[:1], tags[1:], np.array([0]), np.array([0]))[0] == -1
 
 
 def test_encodings_agree_under_one_key_and_differ_under_another():
@@ -125,7 +125,7 @@ def test_encodings_agree_under_one_key_and_differ_under_another():
     assert not one[1].any()  # missing: all zero
     flipped = fuzzy.encode_field(names, "name", KEY, flip=fuzzy.FLIP)
     assert not (flipped[0] == one[0]).all()  # hardened: equal names, different filters
-    levels = match.dice_levels(one, flipped, np.array([0, 0]), np.array([0, 2]))
+    levels = compare.dice_levels(one, flipped, np.array([0, 0]), np.array([0, 2]))
     assert levels[0] >= 2 > levels[1]  # still close to itself, far from another name
     tags = fuzzy.keyed_tags(["m", "m", None], KEY)
     assert tags[0] == tags[1] != 0 and tags[2] == 0
@@ -182,9 +182,60 @@ def test_blocking_never_compares_all_pairs():
             values = pa.array([v if isinstance(v, str) and v else None for v in raw], pa.string())
             columns.append(fuzzy.normalize_column(values, fuzzy.normalizer(field, side)))
         encoded[side] = fuzzy.blocking_keys(columns, list(job.linkage.fields), KEY)
-    i, j = match.candidates(encoded["left"], encoded["right"])
+    i, j = compare.candidates(encoded["left"], encoded["right"])
     assert len(i) < 0.02 * 3000 * 3000
     left_ids, right_ids = data.registry["record_id"].to_numpy(), data.survey["record_id"].to_numpy()
     found = set(zip(left_ids[i], right_ids[j], strict=True))
     true = set(zip(data.truth["registry_id"], data.truth["survey_id"], strict=True))
     assert len(found & true) / len(true) > 0.98
+
+
+def test_blip_flips_each_bit_with_the_stated_rate():
+    names = pa.array(["oleksandr"] * 2000 + [None], pa.string())
+    plain = fuzzy.encode_field(names, "name", KEY, flip=0.0)
+    flipped = fuzzy.encode_field(names, "name", KEY, flip=fuzzy.FLIP)
+    changed = np.bitwise_count(plain ^ flipped).sum(1)
+    assert changed[-1] == 0 and flipped[-1].sum() == 0  # a missing value stays all zero
+    rate = changed[:-1].mean() / fuzzy.BLOOM_BITS
+    assert abs(rate - fuzzy.FLIP) < 0.1 * fuzzy.FLIP
+
+
+def test_blocking_takes_the_smallest_blocks_up_to_the_budget(monkeypatch):
+    n = 200
+    common = np.full((n, 1), 7, dtype=np.uint64)  # one block of n x n pairs: not selective
+    own = (np.arange(n, dtype=np.uint64) * 2 + 1)[:, None]  # n blocks of one pair each
+    left, right = np.hstack([common, own]), np.hstack([common, own])
+    monkeypatch.setattr(compare, "PAIRS_PER_RECORD", 10)
+    i, j = compare.candidates(left, right)
+    assert (i == j).all() and len(i) == n  # the n x n block went first
+    monkeypatch.setattr(compare, "PAIRS_PER_RECORD", n + 1)
+    assert len(compare.candidates(left, right)[0]) == n * n
+
+
+def test_comparison_vectors_are_counted_by_pattern():
+    gamma = np.random.default_rng(3).integers(-1, 4, (5000, 5)).astype(np.int8)
+    distinct, counts, inverse = compare.patterns(gamma)
+    assert (distinct[inverse] == gamma).all() and counts.sum() == len(gamma)
+    assert len(distinct) == len({tuple(row) for row in gamma.tolist()})
+
+
+def _residual_model() -> tuple[match.Model, match.Background]:
+    m = [np.array([0.05, 0.05, 0.1, 0.8])] * 2
+    u = [np.array([0.9, 0.06, 0.03, 0.01])] * 2
+    missing = [np.array([0.1, *(0.9 * u[0])])] * 2  # index 0: missing
+    return match.Model(m, u, 1e-4), match.Background(u, missing)
+
+
+def test_residual_links_a_lone_pattern_but_not_disagreement_or_rivals():
+    model, background = _residual_model()
+    gamma = np.array([[3, -1]] * 4 + [[3, 0]] * 4, dtype=np.int8)
+    nothing = match.Cross(np.zeros((0, 2), dtype=np.int8), 1.0)
+    p = match.residual(gamma, model, background, 100.0, nothing)
+    # (3, missing): 4 seen, 100 x 2 x 0.009 x 0.1 = 0.18 expected by chance
+    assert p[:4] == pytest.approx(1 - 0.18 / 4) and (p[4:] == 0).all()
+    i, j = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 2])  # right record 2 has two rivals
+    assert match._shared_out(i, j, p[:4]).tolist() == pytest.approx(
+        [p[0], p[0], p[0] / 2, p[0] / 2]
+    )
+    common = match.Cross(np.array([[3, -1]] * 50, dtype=np.int8), 1000.0)
+    assert (match.residual(gamma, model, background, 100.0, common)[:4] == 0).all()
