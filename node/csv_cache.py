@@ -10,10 +10,12 @@ A stale cache is a wrong statistic, so the copy is trusted only when all of thes
 
 Anything else (no copy, a changed CSV, a truncated or altered file, unreadable metadata) means
 rebuild; a build that fails means read the CSV directly. The copy holds every column as text
-exactly as stored (`all_varchar`), plus the types DuckDB's sniffer gave each column, so that a
-query reads text columns as text and the others cast back to the sniffed type, as it would from
-the CSV. A column with a value the sniffed type cannot hold (a CSV read would stop with an
-error) is marked, and a query that needs it typed goes to the CSV, which gives that error.
+exactly as stored (`all_varchar`) and, for a column DuckDB's sniffer types (a number, a date),
+that column cast to its sniffed type as well, so that a query reads text columns as text and
+the others typed, as it would from the CSV, without parsing text again. Parquet columns are
+named by position (c0, t0, ...), so no CSV header can collide with them. A column with a value
+the sniffed type cannot hold (a CSV read would stop with an error) is marked, and a query that
+needs it typed goes to the CSV, which gives that error.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import duckdb
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _TYPE = re.compile(r"^[A-Z][A-Z0-9 (),]*$")  # a DuckDB type name as DESCRIBE prints it
 
 
@@ -66,7 +68,7 @@ def _digest(path: Path) -> str:
 
 @dataclass(frozen=True)
 class CachedCsv:
-    """A verified copy: a Parquet file of text columns and the sniffed type of each column."""
+    """A verified copy: Parquet columns by position (text, typed) and each column's sniffed type."""
 
     parquet: Path
     types: dict[str, str]  # column -> DuckDB type of the CSV read without pins
@@ -79,12 +81,9 @@ class CachedCsv:
     def relation(self, pinned: Iterable[str]) -> str:
         keep = set(pinned)
         columns = []
-        for column, kind in self.types.items():
-            q = _quote(column)
-            if column in keep or kind == "VARCHAR":
-                columns.append(q)
-            else:
-                columns.append(f"TRY_CAST({q} AS {kind}) AS {q}")
+        for i, (column, kind) in enumerate(self.types.items()):
+            stored = f"t{i}" if column in keep and kind != "VARCHAR" else f"c{i}"
+            columns.append(f"{stored} AS {_quote(column)}")
         return f"(SELECT {', '.join(columns)} FROM read_parquet({_literal(str(self.parquet))}))"
 
 
@@ -152,10 +151,19 @@ class CsvCache:
         with duckdb.connect() as con:
             described = con.execute(f"DESCRIBE SELECT * FROM {csv_relation(False)}").fetchall()
             types = {str(row[0]): str(row[1]) for row in described}
+            if not all(_TYPE.match(t) for t in types.values()):
+                raise duckdb.InvalidInputError("a column type the copy cannot name")
             part.unlink(missing_ok=True)
+            stored = []
+            for i, (column, kind) in enumerate(types.items()):
+                q = _quote(column)
+                if kind == "VARCHAR":
+                    stored.append(f"{q} AS c{i}")
+                else:
+                    stored.append(f"TRY_CAST({q} AS {kind}) AS c{i}, {q} AS t{i}")
             con.execute(
-                f"COPY (SELECT * FROM {csv_relation(True)}) TO {_literal(str(part))} "
-                "(FORMAT parquet)"
+                f"COPY (SELECT {', '.join(stored)} FROM {csv_relation(True)}) "
+                f"TO {_literal(str(part))} (FORMAT parquet)"
             )
             failing = self._failing(con, part, types)
         digest = _digest(part)
@@ -178,17 +186,15 @@ class CsvCache:
 
     @staticmethod
     def _failing(con: duckdb.DuckDBPyConnection, part: Path, types: dict[str, str]) -> set[str]:
-        typed = [(c, t) for c, t in types.items() if t != "VARCHAR" and _TYPE.match(t)]
+        typed = [(i, c) for i, (c, t) in enumerate(types.items()) if t != "VARCHAR"]
         if not typed:
             return set()
         counts = ", ".join(
-            f"count(*) FILTER (WHERE {_quote(c)} IS NOT NULL AND TRY_CAST({_quote(c)} AS {t}) "
-            "IS NULL)"
-            for c, t in typed
+            f"count(*) FILTER (WHERE t{i} IS NOT NULL AND c{i} IS NULL)" for i, _ in typed
         )
         row = con.execute(f"SELECT {counts} FROM read_parquet({_literal(str(part))})").fetchone()
         assert row is not None
-        return {c for (c, _), bad in zip(typed, row, strict=True) if bad}
+        return {c for (_, c), bad in zip(typed, row, strict=True) if bad}
 
     def _remove_older(self, keep: Path) -> None:
         """Remove this dataset's other copies (earlier versions of its files, or an earlier
