@@ -16,8 +16,8 @@ equal.
 Run (from the repository root):
     .venv/bin/python bench/spark_vs_duckdb.py                # 1e8 rows (3e7 if slow to make)
     .venv/bin/python bench/spark_vs_duckdb.py --rows 10000000 --repeat 2
-Writes bench/results/spark_vs_duckdb.json and prints a table; the load average (the machine
-may be shared) is recorded before and after each timed section.
+Writes bench/results/spark_vs_duckdb.json (or --out) and prints a table; the load average (the
+machine may be shared) is recorded before and after each timed section.
 """
 
 from __future__ import annotations
@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--variants", default="c2,c1")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "spark_vs_duckdb.json")
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--spark-child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,8 +205,8 @@ def main() -> None:
         "spark": {v: {k: x for k, x in r.items() if k != "cells"} for v, r in sparks.items()},
         "same_result": all(same(duck["cells"], r["cells"]) for r in sparks.values()),
     }  # fmt: skip
-    out = BENCH / "results" / "spark_vs_duckdb.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'engine':<9} {'start s':>7} {'first s':>7} {'median s':>8} {'min s':>6}   load")
     print(f"{'duckdb':<9} {'':>7} {'':>7} {duck['median_seconds']:>8} {duck['min_seconds']:>6}   "
