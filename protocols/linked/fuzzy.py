@@ -183,17 +183,21 @@ def blocked_fields(fields: Iterable[LinkField]) -> list[set[int]]:
 def passes(fields: Iterable[LinkField]) -> list[tuple[tuple[int, str], ...]]:
     """Blocking passes: (field index, part) tuples whose tokens must all agree. Every date
     alone (day and month in sorted order, so a swap still agrees); every pair of name/text
-    fields; every name with the year of every date, and with its day and month. Each pass
-    is selective on its own (a few pairs per record at 1e5 x 1e5 on the synthetic set);
-    a true pair is missed only when every pass has a broken token."""
+    fields; every name with the year of every date, and with its day and month; every exact
+    field with every text field (a place within a postcode). A true pair is missed only
+    when every pass has a broken token; H takes the blocks smallest first up to a budget
+    (protocols.linked.compare), so a pass whose blocks are large costs little."""
     fields = list(fields)
     dates = [k for k, f in enumerate(fields) if f.kind == "date"]
     words = [k for k, f in enumerate(fields) if f.kind in ("name", "text")]
     names = [k for k, f in enumerate(fields) if f.kind == "name"]
+    exact = [k for k, f in enumerate(fields) if f.kind == "exact"]
+    texts = [k for k, f in enumerate(fields) if f.kind == "text"]
     out: list[tuple[tuple[int, str], ...]] = [((d, "sorted"),) for d in dates]
     out += [((a, ""), (b, "")) for x, a in enumerate(words) for b in words[x + 1 :]]
     out += [((n, ""), (d, "year")) for n in names for d in dates]
     out += [((n, ""), (d, "daymonth")) for n in names for d in dates]
+    out += [((e, ""), (t, "")) for e in exact for t in texts]
     if len(out) == 0:  # a single name or text field: block on its token alone
         out = [((w, ""),) for w in words]
     return out
