@@ -4,7 +4,8 @@
 [datasets.registry]
 engine = "spark"
 master = "local[*]"                 # or spark://host:7077, yarn, k8s://...
-path = "/data/registry/"            # Parquet file or folder; or: table = "db.registry"
+path = "/data/registry/"            # Parquet file or folder; or uri = "s3a://lake/registry/"
+                                    # or table = "db.registry" (Spark's catalog)
 conf = { "spark.executor.memory" = "8g" }
 ```
 
@@ -36,8 +37,9 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -59,7 +61,7 @@ from jointstats.protocols.filters import Bands, Condition
 
 log = logging.getLogger(__name__)
 
-SPARK_KEYS = {"engine", "master", "table", "path", "columns", "conf"}
+SPARK_KEYS = {"engine", "master", "table", "path", "uri", "columns", "conf"}
 INSTALL_PYSPARK = 'engine = "spark" needs pyspark: pip install "jointstats[spark]"'
 INSTALL_JAVA = (
     'engine = "spark" needs Java 17 or later: install a JRE (Debian: apt-get install '
@@ -115,6 +117,12 @@ def _condition(exc: Exception) -> str:
         return str(java.getCondition() or "") if java is not None else ""
     except Exception:  # not a SparkThrowable, or the JVM is gone
         return ""
+
+
+def _shown_uri(uri: str) -> str:
+    """A URL as messages show it: without a user:password@ part."""
+    parts = urlsplit(uri)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _quote(identifier: str) -> str:
@@ -209,7 +217,8 @@ class SparkSource:
     dataset: str
     master: str
     table: str | None = None
-    path: Path | None = None
+    path: Path | None = None  # Parquet on the node's file system
+    uri: str | None = None  # Parquet at a Hadoop file system URL (hdfs://, s3a://, file://)
     declared: dict[str, str] = field(default_factory=dict)
     conf: dict[str, str] = field(default_factory=dict)
 
@@ -221,9 +230,16 @@ class SparkSource:
     def _frame(self) -> Any:
         """The relation (schema read once); nothing is computed until a query runs."""
         spark = self._session
-        if self.path is not None:
-            return self._guard(lambda: spark.read.parquet(str(self.path)))
-        return self._guard(lambda: spark.table(self.table))
+        if self.table is not None:
+            return self._guard(lambda: spark.table(self.table))
+        return self._guard(lambda: spark.read.parquet(str(self.path or self.uri)))
+
+    @property
+    def _where(self) -> str:
+        """The dataset's location for messages."""
+        if self.uri is not None:
+            return f"uri {_shown_uri(self.uri)}"
+        return f"path {self.path}" if self.path is not None else f"table {self.table}"
 
     @cached_property
     def _view(self) -> str:
@@ -247,7 +263,7 @@ class SparkSource:
     def _error(self, exc: Exception) -> DataError:
         log.info("dataset %s: Spark error: %s", self.dataset, exc)
         condition = _condition(exc)
-        where = f"path {self.path}" if self.path is not None else f"table {self.table}"
+        where = self._where
         if condition == "PATH_NOT_FOUND":
             return DataError(f"dataset {self.dataset}: {where} does not exist")
         if condition == "TABLE_OR_VIEW_NOT_FOUND":
@@ -255,17 +271,22 @@ class SparkSource:
                 f"dataset {self.dataset}: Spark's catalog has no {where} "
                 "(check `table` and the catalog settings in `conf`)"
             )
-        if self.path is not None and (
+        if self.table is None and (
             "PARQUET" in condition or condition.startswith(("FAILED_READ_FILE", "CANNOT_READ"))
         ):
+            name = (
+                Path(self.path).name
+                if self.path
+                else PurePosixPath(urlsplit(self.uri or "").path).name
+            )
             return DataError(
-                f"dataset {self.dataset}: {self.path.name} is not a valid Parquet file "
+                f"dataset {self.dataset}: {name} is not a valid Parquet file "
                 "(corrupt or truncated?)"
             )
         reason = condition or type(exc).__name__
         return DataError(
             f"dataset {self.dataset}: Spark refused the query ({reason}); check the dataset's "
-            "`table` or `path` (details in the node's log)"
+            "`table`, `path` or `uri` (details in the node's log)"
         )
 
     def _sql(self, sql: str, params: dict[str, Any] | None = None) -> Any:
@@ -350,6 +371,8 @@ class SparkSource:
         if self.path is not None:
             kind = "folder" if self.path.is_dir() else "file"
             where = f"Parquet {kind} {self.path} through Spark ({self.master})"
+        elif self.uri is not None:
+            where = f"Parquet at {_shown_uri(self.uri)} through Spark ({self.master})"
         else:
             where = f"Spark table {self.table} ({self.master})"
         return DatasetSummary(self.dataset, where, int(row[0]), columns)
@@ -376,11 +399,14 @@ def spark_source(dataset: str, spec: dict[str, Any]) -> SparkSource:
         raise ConfigError(f'dataset {dataset}: `master` is the Spark master, e.g. "local[*]"')
     if master.startswith("sc://"):
         raise ConfigError(f"dataset {dataset}: Spark Connect (sc://) is not supported yet")
-    given = [k for k in ("table", "path") if k in spec]
+    given = [k for k in ("table", "path", "uri") if k in spec]
     if len(given) != 1 or not isinstance(spec[given[0]], str) or not spec[given[0]].strip():
-        raise ConfigError(f"dataset {dataset}: give exactly one of `table` or `path` (Parquet)")
+        raise ConfigError(
+            f"dataset {dataset}: give exactly one of `table`, `path` or `uri` (Parquet)"
+        )
+    if "uri" in spec and not urlsplit(spec["uri"]).scheme:
+        raise ConfigError(f"dataset {dataset}: `uri` is a URL such as hdfs://... or s3a://...")
     declared = parse_declared(dataset, spec.get("columns"))
     conf = _conf(dataset, spec.get("conf"))
-    if given[0] == "path":
-        return SparkSource(dataset, master, path=Path(spec["path"]), declared=declared, conf=conf)
-    return SparkSource(dataset, master, table=spec["table"], declared=declared, conf=conf)
+    location = {"path": Path(spec["path"])} if "path" in spec else {given[0]: spec[given[0]]}
+    return SparkSource(dataset, master, declared=declared, conf=conf, **location)

@@ -133,7 +133,7 @@ def test_read_text_equals_duckdb_and_keeps_ids_as_stored(parquet):
     assert empty.num_rows == 0 and empty.schema.names == ["id"]
 
 
-def test_summary_types_and_a_catalog_table(parquet):
+def test_summary_types_a_catalog_table_and_a_uri(parquet):
     source = _spark(parquet, columns={"age": "number", "region": "text"})
     summary = source.summary()
     assert summary.rows == 600 and "through Spark (local[1])" in summary.description
@@ -143,9 +143,12 @@ def test_summary_types_and_a_catalog_table(parquet):
     # a table in Spark's catalog (here a temporary view of the same session)
     source._session.read.parquet(str(parquet)).createOrReplaceTempView("people_view")
     table = source_for("people", {"engine": "spark", "master": "local[1]", "table": "people_view"})
-    assert _rows(table.grouped(["status"])) == _rows(
-        FileSource("people", parquet).grouped(["status"])
-    )
+    duck = _rows(FileSource("people", parquet).grouped(["status"]))
+    assert _rows(table.grouped(["status"])) == duck
+    at = source_for("people", {"engine": "spark", "master": "local[1]", "uri": parquet.as_uri()})
+    assert _rows(at.grouped(["status"])) == duck  # a Hadoop file system URL (file://, s3a://)
+    assert at.summary().description.startswith(f"Parquet at {parquet.as_uri()} through Spark")
+    assert spark._shown_uri("s3a://key:secret@lake/x/") == "s3a://lake/x/"
 
 
 def _message(run) -> str:
@@ -195,8 +198,9 @@ def test_errors_are_one_value_free_line(parquet, tmp_path):
     ("spec", "message"),
     [
         ({"path": "x.parquet"}, "`master` is the Spark master"),
-        ({"master": "local[*]"}, "give exactly one of `table` or `path`"),
-        ({"master": "local[*]", "path": "x", "table": "t"}, "give exactly one of `table` or"),
+        ({"master": "local[*]"}, "give exactly one of `table`, `path` or `uri`"),
+        ({"master": "local[*]", "path": "x", "table": "t"}, "give exactly one of `table`,"),
+        ({"master": "local[*]", "uri": "lake/x"}, "`uri` is a URL such as hdfs://"),
         ({"master": "sc://host", "table": "t"}, "Spark Connect (sc://) is not supported"),
         ({"master": "local", "table": "t", "query": "SELECT 1"}, "unknown field(s) query"),
         ({"master": "local", "table": "t", "conf": {"a": [1]}}, "`conf` maps Spark settings"),
