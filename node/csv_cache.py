@@ -27,6 +27,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +139,26 @@ class CsvCache:
                         type(exc).__name__)  # fmt: skip
             return None
 
+    def build_in_background(self, spec: dict[str, Any]) -> None:
+        """Start `python -m jointstats.node.csv_cache SPEC` (detached) to build the copy,
+        unless a build holds the lock already. A fresh interpreter, since the caller (a
+        session worker) runs gRPC threads and must not fork."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self._lock_path, "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while one builds
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            with open(self.folder / "builds.log", "ab") as log_file:
+                subprocess.Popen(
+                    [sys.executable, "-m", "jointstats.node.csv_cache", json.dumps(spec)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            log.info("dataset %s: no background copy (%s)", self.dataset, type(exc).__name__)
+
     @contextlib.contextmanager
     def _locked(self):
         with open(self._lock_path, "a+b") as lock:
@@ -204,3 +226,23 @@ class CsvCache:
         for old in self.folder.iterdir():
             if mine.match(old.name) and old not in (keep, self.meta, self._lock_path):
                 old.unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> int:
+    """Build the copy of one FileSource given as JSON (see `build_in_background`)."""
+    from jointstats.node.sources import FileSource
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s csv-cache %(message)s")
+    spec = json.loads(argv[0])
+    spec["path"], spec["cache_dir"] = Path(spec["path"]), Path(spec["cache_dir"])
+    source = FileSource(**spec)  # cache_wait: build now
+    try:
+        source.columns()  # reads through the copy, building it first
+    except Exception as exc:  # a broken CSV: the next job reports it (value-free)
+        log.info("dataset %s: copy not built (%s)", spec["dataset"], type(exc).__name__)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

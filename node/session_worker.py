@@ -155,7 +155,7 @@ def _cached(source: Source) -> Source:
     """CSV sources keep a columnar copy in the node's state folder (node/csv_cache.py)."""
     folder = os.environ.get(CACHE_ENV)
     if folder and isinstance(source, FileSource) and source.format == "csv":
-        return dataclasses.replace(source, cache_dir=Path(folder))
+        return dataclasses.replace(source, cache_dir=Path(folder), cache_wait=False)
     return source
 
 

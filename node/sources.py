@@ -287,6 +287,9 @@ class FileSource:
     declared: dict[str, str] = field(default_factory=dict)
     # a folder in the node's state for a columnar copy of CSV files (node/csv_cache.py)
     cache_dir: Path | None = field(default=None, compare=False)
+    # build a missing copy before answering (True), or read the CSV this time and let a
+    # background process build it (False: session workers, so a first job is not slower)
+    cache_wait: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         suffix = Path(self.glob or self.path).suffix.lower()
@@ -355,11 +358,30 @@ class FileSource:
         if memo is not None and memo[0] == key:
             return memo[1]
         cache = CsvCache(self.cache_dir, self.dataset, key)
-        found = cache.get_or_build(
-            lambda all_text: self._csv_relation(files, [], all_text=all_text)
-        )
+        if self.cache_wait:
+            found = cache.get_or_build(
+                lambda all_text: self._csv_relation(files, [], all_text=all_text)
+            )
+        else:
+            found = cache.load()
+            if found is None:
+                cache.build_in_background(self._spec())
         object.__setattr__(self, "_cache_memo", (key, found))
         return found
+
+    def _spec(self) -> dict[str, Any]:
+        """This source as JSON, for `python -m jointstats.node.csv_cache` to rebuild it."""
+        return {
+            "dataset": self.dataset,
+            "path": str(self.path),
+            "format": self.format,
+            "delimiter": self.delimiter,
+            "encoding": self.encoding,
+            "header": self.header,
+            "glob": self.glob,
+            "declared": self.declared,
+            "cache_dir": str(self.cache_dir),
+        }
 
     def _reader_options(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,7 @@ trusted when altered, truncated or deleted."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,16 @@ def test_an_unwritable_cache_folder_reads_the_csv(csv, tmp_path):
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("")
     assert _answer(_source(csv, blocker / "cache")) == _truth(pd.read_csv(csv))
+
+
+def test_a_session_worker_reads_the_csv_while_a_background_process_builds_the_copy(csv, tmp_path):
+    cache = tmp_path / "cache"
+    first = FileSource("households", csv, cache_dir=cache, cache_wait=False)
+    assert _answer(first) == _truth(pd.read_csv(csv))  # answered from the CSV
+    deadline = time.monotonic() + 60
+    while not list(cache.glob("*.json")):  # the detached builder's work, not its speed
+        assert time.monotonic() < deadline, (cache / "builds.log").read_text()
+        time.sleep(0.05)
+    later = FileSource("households", csv, cache_dir=cache, cache_wait=False)
+    assert later._cached(later._files()) is not None
+    assert _answer(later) == _truth(pd.read_csv(csv))
