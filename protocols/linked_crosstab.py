@@ -55,8 +55,10 @@ steps 2-3 change. A and B send H, instead of tags of one key, keyed encodings of
 field (Bloom filters of bigrams with random bit flips, date and exact tags) and keyed blocking
 tags (protocols.linked.fuzzy); H links them (protocols.linked.match) and sends A and B its
 quality figures. H then learns, on top of the above, how similar records are field by field
-(for any pair it compares) and which values are missing, never a value; a frequency attack on
-the filters is measured in tests/unit/test_fuzzy_attack.py. A and B learn the quality figures.
+(for any pair it compares), which records share a blocking token pair exactly (a name's
+consonant skeleton with another name, a birth year, ...) and which values are missing, never
+a value; frequency attacks on the filters and on the blocking tags are measured in
+tests/unit/test_fuzzy_attack.py. A and B learn the quality figures.
 
 References: DESIGN §5.2; docs/protocols/linked_crosstab.md; docs/adr/0004-linkage-protocol.md;
 replicated secret sharing: Araki, Furukawa, Lindell, Nof, Ohara, "High-throughput semi-honest
