@@ -30,8 +30,8 @@ RELAY_HELLO_SECONDS = 30.0
 CONNECT_HELLO_SECONDS = 30.0
 # A member's new node stream waits this long for its old one to end before it is refused as a
 # second, live connection. A connection that died without a word (a network cut, a crashed
-# host) is found by keepalive pings at both ends, about one ping period apart (measured with
-# a black-holing proxy: ~70 s after the cut, at both ends within milliseconds), so a node that
+# host) is found by keepalive pings at both ends, at most about one ping period apart
+# (measured with a black-holing proxy: 5-15 s after the cut, docs/security.md), so a node that
 # reconnects after finding it first waits here at most about one more period.
 STALE_STREAM_SECONDS = 2 * dict(SERVER_OPTIONS)["grpc.keepalive_time_ms"] / 1000
 

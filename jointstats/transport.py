@@ -26,15 +26,29 @@ from jointstats.keys import COORDINATOR_TLS_NAME, Identity, Roster, RosterFile, 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 REGISTERED_HEADER = "jointstats-registered"  # the coordinator accepted a node's Connect stream
+# A peer that goes silent (no FIN, no RST: a cable pulled, a NAT entry expired, a laptop
+# suspended) must be found dead by both ends, on every connection, within about 20 s
+# (docs/security.md, "Peers that disappear"). Both ends ping after KEEPALIVE_TIME_MS without
+# reading anything, with or without calls, and without limit.
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    # Also sets TCP_USER_TIMEOUT to this on every socket (gRFC A18; grpc.tcp_user_timeout_ms is
+    # overridden by it): what catches a dead link when our pings cannot even be written
+    # because the send buffer is full of unacknowledged MPC traffic.
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # gRPC core (1.85) never arms its keepalive_timeout_ms timer: an unanswered keepalive
+    # ping closes the connection only after the generic ping timeout (60 s by default; the
+    # error says "ping timeout"). Without this a silent peer was found after ~70 s, not ~15 s.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
 SERVER_OPTIONS = GRPC_OPTIONS + [
+    # the server's own pings, and the clients' it accepts (more often is a "ping strike")
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
 ]
