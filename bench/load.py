@@ -48,6 +48,23 @@ def _tree_mib(pid: int) -> tuple[float, float]:
     return rss / 2**20, pss / 2**20
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of the process and its descendants, including reaped children (forked
+    session workers are reaped by their fork server, so their time lands there)."""
+    total = 0.0
+    try:
+        process = psutil.Process(pid)
+        for p in [process, *process.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                continue
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
 def _sample_memory(fed: LocalFederation, stop: threading.Event, samples: dict) -> None:
     while not stop.is_set():
         for name, process in fed.processes.items():
@@ -85,6 +102,8 @@ def run(seconds: float, in_flight: int, rows: int, workdir: Path, settle: float)
     with LocalFederation(nodes, workdir / "fed") as fed:
         time.sleep(settle)  # imports done, spare workers forked: the node at rest
         at_rest = {name: _tree_mib(p.pid) for name, p in fed.processes.items()}
+        cpu_before = {name: _tree_cpu(p.pid) for name, p in fed.processes.items()}
+        cpu_before["client"] = sum(psutil.Process().cpu_times()[:2])  # this process alone
         stop = threading.Event()
         sampler = threading.Thread(target=_sample_memory, args=(fed, stop, samples))
         sampler.start()
@@ -101,6 +120,11 @@ def run(seconds: float, in_flight: int, rows: int, workdir: Path, settle: float)
         elapsed = time.monotonic() - started
         stop.set()
         sampler.join()
+        time.sleep(1.0)  # the last workers are reaped
+        cpu_after = {name: _tree_cpu(p.pid) for name, p in fed.processes.items()}
+        cpu_after["client"] = sum(psutil.Process().cpu_times()[:2])
+    jobs = max(len(latencies), 1)
+    cpu_per_job = {n: round((cpu_after[n] - cpu_before[n]) / jobs, 3) for n in cpu_before}
     ordered = sorted(latencies)
     return {
         "machine": {"nproc": psutil.cpu_count(), "python": platform.python_version()},
@@ -113,6 +137,9 @@ def run(seconds: float, in_flight: int, rows: int, workdir: Path, settle: float)
         "jobs_failed": len(failures),
         "failures": failures[:5],
         "jobs_per_minute": round(60 * len(latencies) / elapsed, 1),
+        # CPU seconds per job by process tree: the ceiling on this machine is
+        # 60 * cpus / total jobs per minute, whatever the load
+        "cpu_seconds_per_job": cpu_per_job | {"total": round(sum(cpu_per_job.values()), 3)},
         "latency_p50": round(statistics.median(ordered), 3) if ordered else None,
         "latency_p95": round(ordered[int(0.95 * (len(ordered) - 1))], 3) if ordered else None,
         "at_rest_mib": {
@@ -141,6 +168,10 @@ def main() -> None:
         f"latency p50 {report['latency_p50']} s, p95 {report['latency_p95']} s"
     )
     print(f"load average before {report['loadavg_before']}, after {report['loadavg_after']}")
+    per_job = report["cpu_seconds_per_job"]
+    ceiling = 60 * (os.cpu_count() or 1) / max(per_job["total"], 1e-9)
+    print("CPU s per job: " + ", ".join(f"{k} {v}" for k, v in per_job.items())
+          + f" (ceiling on {os.cpu_count()} idle CPUs: {ceiling:.0f} jobs/min)")  # fmt: skip
     print(f"{'tree':<12} {'rest RSS':>9} {'rest PSS':>9} {'peak RSS':>9} {'peak PSS':>9}  MiB")
     for name, rest in report["at_rest_mib"].items():
         peak = report["under_load_mib"].get(name, {})
