@@ -147,7 +147,7 @@ def estimate(
             found[f].append(estimate_f)
     m = [np.mean(found[f], axis=0) if found[f] else _start(c) for f, c in enumerate(counts)]
     distinct, weight, _ = patterns(gamma)
-    start = Model(m, u, max(len(gamma) / 100, 1.0) / pairs)
+    start = Model(m, u, min(max(len(gamma) / 100, 1.0) / pairs, 0.5))  # 0.5: a tiny space
     return _share(distinct, weight.astype(float), start, pairs, iterations)
 
 
