@@ -9,6 +9,7 @@ in docs/security.md, "Peers that disappear").
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -170,6 +171,7 @@ def _measure(mid_session: bool, limit: float = 150.0) -> dict[str, float]:
         fed.client.run(JOB, timeout=120)
         _note(seen, "thaw() to a new job released", thawed_at)
     proxy.close()
+    shutil.rmtree(root, ignore_errors=True)
     return seen
 
 
