@@ -2,8 +2,10 @@
 
 Normalisation (no key needed, done in the local step):
 - `name`: NFKC, transliterated to Latin by anyascii (Олександр -> Oleksandr), casefolded,
-  everything but letters and digits removed, then folded so that common transliteration
-  variants coincide (x -> ks, w -> v, kh -> h, g -> h, y/j -> i, ...).
+  apostrophes dropped, everything else but letters and digits removed, then folded so that
+  common transliteration variants coincide (sch -> sc, kh -> h, ts -> c, x -> ks, w -> v,
+  g -> h, y/j -> i, ...), and Russian forms of Ukrainian given names mapped to the Ukrainian
+  form (Aleksandr -> Oleksandr, Nikolay -> Mykola).
 - `text`: the same, but words are kept apart by single spaces.
 - `date`: parsed with the field's strptime format, kept as "YYYYMMDD".
 - `exact`: NFKC, casefolded, stripped.
@@ -19,6 +21,8 @@ Encoding (needs the per-job key A and B agreed, which H never sees; see `encode`
 - `exact`: one 8-byte keyed tag.
 - blocking: one 8-byte keyed tag per blocking pass (see `passes`).
 A tag or filter of zero means "missing". Tags are never zero otherwise (lowest bit set).
+Every keyed hash is computed once per distinct value or bigram; rows are then gathered with
+numpy, so encoding costs about a second per 10^5 records.
 """
 
 from __future__ import annotations
@@ -274,7 +278,7 @@ def _filters_of(distinct: list[str], kind: str, key: bytes) -> np.ndarray:
     return np.packbits(bits, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
-def _flip(filters: np.ndarray, present: np.ndarray, flip: float, rng: np.random.Generator):
+def _flip(filters: np.ndarray, present: np.ndarray, flip: float, rng: np.random.Generator) -> None:
     """BLIP in place: each bit of each present filter flipped independently with probability
     `flip`. The gaps between flipped bits of a Bernoulli process are geometric, so drawing them
     gives exactly that distribution without a random number per bit."""
