@@ -12,10 +12,10 @@ Normalisation (no key needed, done in the local step):
 An empty or unparseable value becomes None: missing evidence, never an error.
 
 Encoding (needs the per-job key A and B agreed, which H never sees; see `encode`):
-- `name`/`text`: a field-level Bloom filter of padded bigrams, 512 bits; a bigram sets
-  `HASHES[kind]` bits chosen by keyed BLAKE2b (RFC 7693) of the bigram under a field subkey,
-  then each bit is flipped with probability FLIP (BLIP, Schnell & Borgs 2016) from fresh
-  randomness, so equal names give different filters and exact-frequency counting fails.
+- `name`/`text`: a field-level Bloom filter of padded bigrams (and, for names, letters),
+  512 bits; each sets `HASHES[kind]` bits chosen by keyed BLAKE2b (RFC 7693) under a field
+  subkey, then each bit is flipped with probability FLIP (BLIP, Schnell & Borgs 2016) from
+  fresh randomness, so equal names give different filters and exact counting fails.
 - `date`: ten 8-byte keyed tags: the date, the date with day and month in sorted order
   (a swap agrees), and the date with each of its 8 digits blanked (a one-digit slip agrees).
 - `exact`: one 8-byte keyed tag.
@@ -255,20 +255,26 @@ def bigrams(text: str) -> set[str]:
     return {padded[k : k + 2] for k in range(len(padded) - 1)}
 
 
+def grams(text: str, kind: str) -> set[str]:
+    """What a filter holds: padded bigrams, and for names also their letters, so that a
+    transposition in a short name (Olha, Loha) still leaves most of the filter in common."""
+    return bigrams(text) | (set(text) if kind == "name" else set())
+
+
 def _filters_of(distinct: list[str], kind: str, key: bytes) -> np.ndarray:
     """(distinct, BLOOM_WORDS) packed Bloom filters, bit b in word b // 64 at b % 64."""
     hashes = HASHES[kind]
-    grams = sorted({g for value in distinct for g in bigrams(value)})
+    every = sorted({g for value in distinct for g in grams(value, kind)})
     copy = hashlib.blake2b(key=key, digest_size=2 * hashes).copy
-    where = np.zeros((len(grams), hashes), dtype=np.int64)
-    for g, gram in enumerate(grams):
+    where = np.zeros((len(every), hashes), dtype=np.int64)
+    for g, gram in enumerate(every):
         h = copy()
         h.update(gram.encode())
         where[g] = np.frombuffer(h.digest(), dtype="<u2") % BLOOM_BITS
-    index = {gram: g for g, gram in enumerate(grams)}
+    index = {gram: g for g, gram in enumerate(every)}
     rows, cols = [], []
     for v, value in enumerate(distinct):
-        for gram in bigrams(value):
+        for gram in grams(value, kind):
             rows.append(v)
             cols.append(index[gram])
     bits = np.zeros((len(distinct), BLOOM_BITS), dtype=bool)

@@ -2,9 +2,10 @@
 
 H sees each record's keyed Bloom filter but not the key. The frequency attack: group identical
 filters, rank the groups by size and give the k-th largest group the k-th most frequent name
-of the public list. A stronger variant first clusters filters that are near each other (Dice at
-least 0.75, leader clustering), which undoes random bit flips. Re-identification rate: the share
-of records whose guessed surname is their true surname. Printed with `pytest -s`; measured
+of the public list. A stronger variant first clusters filters that are near each other
+(leader clustering at the Dice threshold, among 0.75-0.9, that re-identifies most), which
+undoes random bit flips. Re-identification rate: the share of records whose guessed surname
+is their true surname. Printed with `pytest -s`; measured
 figures are in docs/protocols/linked_crosstab.md.
 
 H also holds the blocking tags: equal tags mean equal tokens (a name's consonant skeleton
@@ -13,6 +14,7 @@ involving the surname (connected components) and aligns the components to the sa
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 import numpy as np
@@ -70,14 +72,23 @@ def cluster_attack(filters: np.ndarray, truth: list[str], dice: float = 0.75) ->
     return _align(groups, truth)
 
 
+DICE = (0.75, 0.8, 0.85, 0.9)  # the clustering attacker tries these and keeps the best
+
+
+@functools.cache
+def _clustered_blip() -> float:
+    hardened, truth = _filters(fuzzy.FLIP)
+    return max(cluster_attack(hardened, truth, dice) for dice in DICE)
+
+
 def test_bit_flips_defeat_the_frequency_attack_but_not_clustering():
     plain, truth = _filters(0.0)
     hardened, _ = _filters(fuzzy.FLIP)
     rates = {
         "exact, no hardening": exact_attack(plain, truth),
         f"exact, BLIP {fuzzy.FLIP}": exact_attack(hardened, truth),
-        "cluster, no hardening": cluster_attack(plain, truth),
-        f"cluster, BLIP {fuzzy.FLIP}": cluster_attack(hardened, truth),
+        "cluster, no hardening": max(cluster_attack(plain, truth, dice) for dice in DICE),
+        f"cluster, BLIP {fuzzy.FLIP}": _clustered_blip(),
     }
     print("\nsurname re-identification rate by H:", {k: round(v, 3) for k, v in rates.items()})
     assert rates["exact, no hardening"] > 0.04  # the attack works on plain filters
@@ -116,7 +127,6 @@ def test_blocking_tags_leak_less_than_clustered_filters():
     tags = fuzzy.blocking_keys(columns, fields, secrets.token_bytes(32))
     surname = [p for p, parts in enumerate(fuzzy.passes(fields)) if any(f == 0 for f, _ in parts)]
     rate = tag_attack(tags, surname, truth)
-    hardened, _ = _filters(fuzzy.FLIP)
-    clustered = cluster_attack(hardened, truth)
+    clustered = _clustered_blip()
     print(f"\nsurname re-identification by H: tags {rate:.3f}, clustered filters {clustered:.3f}")
     assert 0 < rate < clustered  # the tags leak, but less than the filters already do
