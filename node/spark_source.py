@@ -120,9 +120,9 @@ def _condition(exc: Exception) -> str:
 
 
 def _shown_uri(uri: str) -> str:
-    """A URL as messages show it: without a user:password@ part."""
+    """A URL as messages show it: without a user:password@ part or a ?query (a token)."""
     parts = urlsplit(uri)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
 
 
 def _quote(identifier: str) -> str:
