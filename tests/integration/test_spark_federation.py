@@ -9,6 +9,8 @@ node's session worker, and the other parties wait at most 30 s for a party's loc
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -48,6 +50,15 @@ LINKED: dict = {
 }  # fmt: skip
 
 
+def need_java() -> None:
+    """Skip without Java outside CI (the console test's rule); CI installs it and must run."""
+    if shutil.which("java") or os.environ.get("JAVA_HOME"):
+        return
+    if os.environ.get("CI"):
+        pytest.fail("java is missing in CI (.ci/run installs openjdk-17-jre-headless)")
+    pytest.skip("no Java here: apt-get install openjdk-17-jre-headless (CI installs it and fails)")
+
+
 def _people(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
     rows = len(ids)
     return pd.DataFrame(
@@ -65,6 +76,7 @@ def _people(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """`lake`: Spark over a folder of two Parquet files (ids written as the registry keeps
     them, upper case and padded); `ngo`: a CSV file; `jips`: compute-only, the helper."""
+    need_java()
     root = tmp_path_factory.mktemp("spark-fed")
     rng = np.random.default_rng(2026)
     people = rng.permutation(1500)
