@@ -215,17 +215,25 @@ def residual(
     agreement on a few fields with the others missing: over all pairs such a vector is
     ambiguous (the Fellegi–Sunter probability treats missing as no evidence), but once the
     records that link with certainty are set aside, few others can show it by chance. Only
-    vectors with evidence for a match (Bayes factor > 1) and no disagreeing field qualify:
-    among the many sparse vectors with a disagreement, some occur once by chance."""
+    vectors with evidence for a match (Bayes factor > 1) whose present fields all agree
+    strongly qualify: among the many sparse vectors with a weak or no agreement, some occur
+    a few times by chance, and blocking makes weak agreements (a date one digit off among
+    pairs born the same year) far commoner than independence says."""
     distinct, seen, inverse = patterns(gamma)
     chance = np.full(len(distinct), float(free) * SAFETY)
     for f in range(distinct.shape[1]):
         chance *= background.with_missing[f][distinct[:, f].astype(np.int64) + 1]
     chance = np.maximum(chance, free * _seen_among(cross.gamma, distinct) / max(cross.pairs, 1))
     log_ratio, _ = _likelihoods(distinct, model)
-    agree = (distinct != 0).all(1)  # every present field agrees at least partly
-    p = np.clip(1.0 - chance / seen, 0.0, 1.0) * (log_ratio > 0) * agree
+    p = np.clip(1.0 - chance / seen, 0.0, 1.0) * (log_ratio > 0) * _strong(distinct, model)
     return p[inverse]
+
+
+def _strong(distinct: np.ndarray, model: Model) -> np.ndarray:
+    """Vectors whose present fields are all at one of their two top levels (an exact field:
+    equal; a name, place or date: the same or nearly)."""
+    tops = np.array([max(len(m) - 2, 1) for m in model.m])
+    return ((distinct < 0) | (distinct >= tops)).all(1)
 
 
 def _seen_among(gamma: np.ndarray, distinct: np.ndarray) -> np.ndarray:
