@@ -153,7 +153,7 @@ def _fuzzy_outflows(job: LinkedJob, h: str, rows: int | None, left: bool) -> lis
     for field in job.linkage.fields:
         column = field.left if left else field.right
         what = {
-            "name": "Bloom filter (512 bits, keyed bigrams, 2 % of bits flipped)",
+            "name": "Bloom filter (512 bits, keyed bigrams and letters, 2 % of bits flipped)",
             "text": "Bloom filter (512 bits, keyed bigrams, 2 % of bits flipped)",
             "date": "ten keyed 8-byte tags (date, day-month swapped, each digit blanked)",
             "exact": "keyed 8-byte tag",
