@@ -294,7 +294,9 @@ def link(
     seconds["estimate"] = time.perf_counter() - started
     started = time.perf_counter()
     chosen = assign(i, j, p, threshold)
-    linked_i, linked_j = np.isin(i, i[chosen]), np.isin(j, j[chosen])
+    linked_a, linked_b = np.zeros(size_a, dtype=bool), np.zeros(size_b, dtype=bool)
+    linked_a[i[chosen]], linked_b[j[chosen]] = True, True
+    linked_i, linked_j = linked_a[i], linked_b[j]
     rest = np.flatnonzero(~linked_i & ~linked_j)
     n = len(chosen)
     free = (size_a - n) * (size_b - n)
