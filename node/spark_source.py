@@ -203,11 +203,21 @@ def spark_session(dataset: str, master: str, conf: dict[str, str]) -> Any:
 
 
 def stop_spark() -> None:
-    """Stop this process's Spark session (tests and benchmarks; nodes just exit)."""
+    """Stop this process's Spark session and its JVM (tests, benchmarks; nodes just exit)."""
     with _lock:
         session = _spark.pop("session", None)
-        if session is not None:
-            session.stop()
+        if session is None:
+            return
+        from pyspark import SparkContext
+
+        session.stop()
+        gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
+        if gateway is not None:
+            gateway.shutdown()
+            proc = getattr(gateway, "proc", None)
+            if proc is not None and proc.stdin is not None:
+                proc.stdin.close()  # the JVM exits when its stdin closes
+                proc.wait(timeout=30)
 
 
 @dataclass(frozen=True)
