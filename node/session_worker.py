@@ -32,6 +32,7 @@ from typing import Any
 _MPYC_ARGV = ["jointstats-session", "--mix32-64bit", "--no-log"]
 _saved_argv, sys.argv = sys.argv, _MPYC_ARGV
 import grpc  # noqa: E402
+import numpy  # noqa: E402
 from mpyc import asyncoro, mpctools, random, secgroups, seclists, secpols, sectypes, statistics  # noqa: E402
 from mpyc import runtime as mpyc_runtime  # noqa: E402
 
@@ -383,6 +384,10 @@ def _become_worker(sockets: list[socket.socket], fds: list[int], message: bytes)
             os.close(passed)
         env = json.loads(message)["env"]
         os.environ.update({str(k): str(v) for k, v in env.items()})
+        # Every fork starts from the fork server's memory: Python's `random` reseeds itself
+        # after a fork, numpy's global generator does not. Our protocols and MPyC draw from
+        # `secrets` (the OS), but no child should repeat another's "random" numbers.
+        numpy.random.seed()
         code = main()
     finally:
         os._exit(code)
