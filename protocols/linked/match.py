@@ -202,6 +202,15 @@ class Background:
         return cls(u, missing)
 
 
+@dataclass
+class Cross:
+    """Comparison vectors of the candidates with exactly one record linked, and the number
+    of such pairs in the whole space."""
+
+    gamma: np.ndarray
+    pairs: float
+
+
 def residual(
     gamma: np.ndarray, model: Model, background: Background, free: float, cross: Cross
 ) -> np.ndarray:
@@ -246,15 +255,6 @@ def _seen_among(gamma: np.ndarray, distinct: np.ndarray) -> np.ndarray:
     return np.where(known[at] == wanted, tally[at], 0)
 
 
-@dataclass
-class Cross:
-    """Comparison vectors of the candidates with exactly one record linked, and the number
-    of such pairs in the whole space."""
-
-    gamma: np.ndarray
-    pairs: float
-
-
 def _shared_out(i: np.ndarray, j: np.ndarray, p: np.ndarray) -> np.ndarray:
     """A record with k qualifying residual candidates (two people of the same name, both
     unlinked) cannot tell them apart: each gets 1/k of the probability."""
@@ -262,6 +262,33 @@ def _shared_out(i: np.ndarray, j: np.ndarray, p: np.ndarray) -> np.ndarray:
     per_i = np.bincount(i[rivals], minlength=int(i.max(initial=0)) + 1)
     per_j = np.bincount(j[rivals], minlength=int(j.max(initial=0)) + 1)
     return p / np.maximum(np.maximum(per_i[i], per_j[j]), 1)
+
+
+def _second_round(
+    i: np.ndarray,
+    j: np.ndarray,
+    gamma: np.ndarray,
+    p: np.ndarray,
+    chosen: np.ndarray,
+    model: Model,
+    background: Background,
+    sizes: tuple[int, int],
+    threshold: float,
+) -> np.ndarray:
+    """The residual assignment among candidates whose two records the first left unlinked;
+    returns their indices and raises `p` there to the residual probability."""
+    size_a, size_b = sizes
+    linked_a, linked_b = np.zeros(size_a, dtype=bool), np.zeros(size_b, dtype=bool)
+    linked_a[i[chosen]], linked_b[j[chosen]] = True, True
+    linked_i, linked_j = linked_a[i], linked_b[j]
+    rest = np.flatnonzero(~linked_i & ~linked_j)
+    n = len(chosen)
+    free = (size_a - n) * (size_b - n)
+    cross = Cross(gamma[linked_i != linked_j], float((size_a - n) * n + n * (size_b - n)))
+    second = _shared_out(i[rest], j[rest], residual(gamma[rest], model, background, free, cross))
+    extra = rest[assign(i[rest], j[rest], second, threshold)]
+    p[extra] = np.maximum(p[extra], second[np.searchsorted(rest, extra)])
+    return extra
 
 
 def link(
@@ -294,16 +321,7 @@ def link(
     seconds["estimate"] = time.perf_counter() - started
     started = time.perf_counter()
     chosen = assign(i, j, p, threshold)
-    linked_a, linked_b = np.zeros(size_a, dtype=bool), np.zeros(size_b, dtype=bool)
-    linked_a[i[chosen]], linked_b[j[chosen]] = True, True
-    linked_i, linked_j = linked_a[i], linked_b[j]
-    rest = np.flatnonzero(~linked_i & ~linked_j)
-    n = len(chosen)
-    free = (size_a - n) * (size_b - n)
-    cross = Cross(gamma[linked_i != linked_j], float((size_a - n) * n + n * (size_b - n)))
-    second = _shared_out(i[rest], j[rest], residual(gamma[rest], model, background, free, cross))
-    extra = rest[assign(i[rest], j[rest], second, threshold)]
-    p[extra] = np.maximum(p[extra], second[np.searchsorted(rest, extra)])
+    extra = _second_round(i, j, gamma, p, chosen, model, background, (size_a, size_b), threshold)
     chosen = np.concatenate([chosen, extra])
     seconds["assign"] = time.perf_counter() - started
     mass = float(p.sum())
