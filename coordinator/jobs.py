@@ -261,7 +261,8 @@ class JobManager:
         active.record.state, active.record.reason = "failed", reason
         for state in active.record.nodes.values():
             if state["state"] in ("offered", "accepted", "running"):
-                state["state"] = "aborted"
+                was = f"{state['state']} {state.get('reason') or ''}".strip()
+                state["state"], state["reason"] = "aborted", f"(was {was})"
         abort = wire_pb2.SessionAbort(job_id=job_id, reason=reason)
         for party in active.plan.parties:
             if party != culprit:

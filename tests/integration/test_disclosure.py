@@ -127,8 +127,11 @@ def test_a_node_policy_refusal_reaches_the_analyst(data_dir, tmp_path: Path):
         job_id = fed.client.submit(JOB)
         with pytest.raises(JobFailed, match="node nrc refused: the analyst's key is not allowed"):
             fed.client.wait(job_id, timeout=60)
-        state, reason = fed.client.status(job_id).nodes["nrc"]
+        nodes = fed.client.status(job_id).nodes
+        state, reason = nodes["nrc"]
         assert state == "refused" and "not allowed" in reason
+        for other in ("unhcr", "drc"):  # stopped by nrc's refusal: say where they were
+            assert nodes[other][0] == "aborted" and nodes[other][1].startswith("(was "), nodes
         entries = [
             json.loads(x) for x in (fed.workdir / "nrc" / "audit.jsonl").read_text().splitlines()
         ]
