@@ -6,10 +6,14 @@ computed here with pandas from the generator's hidden pairs."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import tomli_w
 
 from jointstats.errors import JobFailed
 from jointstats.local import LocalFederation, LocalNode
@@ -96,3 +100,25 @@ def test_exact_job_with_a_key_is_refused_in_fuzzy_mode(federation):
     job["left"]["key"] = "record_id"
     with pytest.raises(Exception, match="no `key` with method"):
         federation.client.submit(job)
+
+
+def test_jointstats_local_gives_the_same_one_percent_table(data, tmp_path) -> None:
+    """The same set through `jointstats local` as a user runs it (the issue's other path)."""
+    linkage, paths = data
+    (tmp_path / "job.toml").write_text(tomli_w.dumps(JOB))
+    exe = str(Path(sys.executable).with_name("jointstats"))
+    run = subprocess.run(
+        [exe, "local", "job.toml", "--node", f"ministry={paths['registry']}",
+         "--node", f"survey={paths['survey']}", "--node", "jips", "--out", "out.csv"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    table = pd.read_csv(tmp_path / "out.csv")
+    truth = true_table(linkage)
+    assert not table["suppressed"].any()
+    errors = [
+        abs(row.count - truth[(row.district, row.employment)])
+        / truth[(row.district, row.employment)]
+        for row in table.itertuples(index=False)
+    ]
+    assert len(errors) == len(truth) and max(errors) <= 0.01, errors
