@@ -311,8 +311,13 @@ class LocalFederation:
         self.clock["nodes_stopped"] = time.time()
         self.stop_process("coordinator")
         if self._fork_server is not None and self._fork_server.poll() is None:
-            os.killpg(self._fork_server.pid, signal.SIGKILL)  # its workers have exited
-            self._fork_server.wait()
+            # it reaps its workers (they end once their node is gone), then exits
+            os.kill(self._fork_server.pid, signal.SIGTERM)
+            try:
+                self._fork_server.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._fork_server.pid, signal.SIGKILL)
+                self._fork_server.wait()
         self.clock["stopped"] = time.time()
         if os.environ.get(TIMINGS_ENV):  # benchmarks: where the start-up time goes
             Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(self.clock))

@@ -297,8 +297,10 @@ def main() -> int:
 
 def fork_server(fd: int) -> int:
     """Serve fork requests on socket `fd` (node/workers.py, `ForkServer`): a node's connected
-    socket (exit when the node closes it), or a listening one that `jointstats local` shares
-    among its nodes (run until killed).
+    socket (stop when the node closes it), or a listening one that `jointstats local` shares
+    among its nodes (stop at SIGTERM). Stopping waits for the workers still running, so that
+    they are reaped here (an init that reaps no orphans would keep them as zombies); they
+    end on their own once their node is gone (EOF on stdin) or their session is over.
 
     This process imported everything once and never starts gRPC or an event loop, so a fork
     of it is a clean worker in milliseconds (the node itself runs gRPC threads: never fork it).
@@ -312,7 +314,26 @@ def fork_server(fd: int) -> int:
         log.warning("fork server: %d threads after imports", threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    signal.signal(signal.SIGTERM, _stop)
     listening = bool(server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    with contextlib.suppress(_Stopped):
+        _serve(server, listening)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            os.wait()
+    return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM reached the fork server."""
+
+
+def _stop(*_: object) -> None:
+    raise _Stopped
+
+
+def _serve(server: socket.socket, listening: bool) -> None:
     with selectors.DefaultSelector() as selector:
         selector.register(server, selectors.EVENT_READ)
         while selector.get_map():
@@ -325,8 +346,7 @@ def fork_server(fd: int) -> int:
                     selector.unregister(sock)
                     sock.close()
                     if not listening:
-                        return 0
-    return 0
+                        return
 
 
 def _serve_one(sock: socket.socket, selector: selectors.BaseSelector) -> bool:
@@ -377,6 +397,7 @@ def _become_worker(sockets: list[socket.socket], fds: list[int], message: bytes)
         for sock in sockets:  # the fork server's sockets are not the worker's business
             sock.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # main() sets its own
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         os.setsid()  # its own process group, as a worker started by exec
         for target, passed in enumerate(fds):

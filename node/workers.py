@@ -38,6 +38,7 @@ CACHE_ENV = "JOINTSTATS_CSV_CACHE"  # "0": no columnar copies of CSV sources
 CACHE_DIR_ENV = "JOINTSTATS_CSV_CACHE_DIR"  # where a worker keeps them (session_worker.py)
 RESULT_LIMIT_BYTES = 64 * 1024 * 1024  # the worker's one-line answer
 FORK_SERVER_SECONDS = 60.0  # the fork server's imports, on a loaded machine
+FORK_SERVER_STOP_SECONDS = 5.0  # its workers are killed first; then it reaps them and exits
 # Libraries that start helper threads at import: a fork copies no thread, so the fork server
 # runs without them (BLAS on our tiny matrices and Arrow's allocator do not need them).
 SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
@@ -170,6 +171,9 @@ class ForkServer:
             self._sock.close()  # EOF: our own fork server exits (a shared one runs on)
             self._sock = None
         if self._process is not None and self._process.returncode is None:
+            # it exits once its remaining workers have (it reaps them); don't wait forever
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._process.wait(), FORK_SERVER_STOP_SECONDS)
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
             await self._process.wait()

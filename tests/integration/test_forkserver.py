@@ -67,3 +67,22 @@ def test_a_killed_fork_server_is_replaced(fed):
     assert fed.client.run(JOB, timeout=60).table["count"].notna().any()
     assert fed.client.run(JOB, timeout=60).table["count"].notna().any()
     assert _fork_server(fed, "nrc").pid != server.pid
+
+
+def test_a_one_shot_federation_shares_one_fork_server_and_leaves_nothing_running(data_dir):
+    nodes = [LocalNode(a, {"households": data_dir / a / "households.csv"}) for a in AGENCIES]
+    with LocalFederation(nodes, session_timeout=30) as fed:  # no workdir: one-shot
+        result = fed.client.run(JOB, timeout=60)
+        assert fed._fork_server is not None
+        shared = psutil.Process(fed._fork_server.pid)
+        for node in AGENCIES:  # no node started a fork server of its own
+            own = psutil.Process(fed.processes[node].pid).children()
+            assert not [c for c in own if "--fork-server" in c.cmdline()]
+        workers = shared.children()
+        assert workers  # the spares, forked for the nodes by the shared server
+        workdir = fed.workdir
+    expected = expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], 10)
+    assert list(result.table["suppressed"]) == list(expected["suppressed"])
+    assert not workdir.exists()
+    _, alive = psutil.wait_procs([shared, *workers], timeout=10)
+    assert not alive
