@@ -160,8 +160,11 @@ def _start(dataset: str, master: str, conf: dict[str, str]) -> Any:
     java_home = os.environ.get("JAVA_HOME")
     if not (java_home and Path(java_home, "bin", "java").exists()) and not shutil.which("java"):
         raise ConfigError(f"dataset {dataset}: {INSTALL_JAVA}")
-    # A node's stderr is its log file; a terminal (`node check`) gets nothing from the JVM.
-    out = subprocess.DEVNULL if sys.stderr.isatty() else None
+    # A node's stderr is its log file; a terminal (`node check`) gets nothing from the JVM. The
+    # JVM's stdout goes there too: a session worker's stdout carries its answer to the node.
+    tty = sys.stderr.isatty()
+    output = {"stdout": subprocess.DEVNULL if tty else sys.stderr.fileno(),
+              "stderr": subprocess.DEVNULL if tty else None}  # fmt: skip
     try:
         with tempfile.TemporaryDirectory(prefix="jointstats-spark-") as folder:
             log4j = Path(folder) / "log4j2.properties"  # read once, when the JVM starts
@@ -169,9 +172,7 @@ def _start(dataset: str, master: str, conf: dict[str, str]) -> Any:
             settings = _session_conf(master, conf, log4j)
             spark_conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
             # a JVM left by a stopped session is reused: pyspark keeps one gateway a process
-            gateway = SparkContext._gateway or launch_gateway(
-                spark_conf, {"stdout": out, "stderr": out}
-            )
+            gateway = SparkContext._gateway or launch_gateway(spark_conf, output)
             with warnings.catch_warnings():  # pyspark's pandas-version notice, not ours
                 warnings.simplefilter("ignore", FutureWarning)
                 context = SparkContext(conf=spark_conf, gateway=gateway)
