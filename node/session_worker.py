@@ -160,6 +160,16 @@ def _cached(source: Source) -> Source:
     return source
 
 
+async def _wait_for_spec() -> tuple[grpc.aio.Channel | None, str]:
+    """Pre-connect while waiting for the spec line; at EOF (the node is gone) return at once
+    instead of finishing a TLS handshake with a coordinator that may be gone too."""
+    connecting = asyncio.ensure_future(_preconnect())
+    line = await asyncio.to_thread(sys.stdin.readline)
+    if not line:
+        return None, ""
+    return await connecting, line
+
+
 async def run_session(
     spec: SessionSpec,
     channel: grpc.aio.Channel | None = None,
@@ -271,8 +281,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    channel = loop.run_until_complete(_preconnect())
-    line = sys.stdin.readline()
+    channel, line = loop.run_until_complete(_wait_for_spec())
     if not line:
         os._exit(0)  # the node shut down before handing us a session
     try:
