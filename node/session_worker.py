@@ -54,7 +54,8 @@ from jointstats.session import SessionSpec  # noqa: E402
 from jointstats.transport import channel_credentials, channel_options  # noqa: E402
 
 log = logging.getLogger(__name__)
-HANDSHAKE_SECONDS = 30.0
+HANDSHAKE_SECONDS = 30.0  # at least; a peer still in a long local step (a cold Spark JVM, 1e8
+# rows) is alive, and a dead one fails the relay (keepalive) long before spec.timeout
 PRECONNECT_ENV = "JOINTSTATS_PRECONNECT"
 PRECONNECT_SECONDS = 10.0
 BYE_SECONDS = 10.0
@@ -92,17 +93,18 @@ async def _connect(rt: Any, link: RelayLink, spec: SessionSpec, identity: Identi
     roster = Roster.load(Path(spec.roster))
     await link.open()
     peers = [p for p in range(len(spec.parties)) if p != spec.pid]
+    wait = max(HANDSHAKE_SECONDS, spec.timeout)
     for peer in peers:
         peer_link = link.add_peer(peer)
         peer_link.send_handshake(peer_link.seal.hello(identity))
     for peer in peers:
         peer_link = link.peers[peer]
-        hello = await _or_fail(link, peer_link.handshake, HANDSHAKE_SECONDS, spec.parties[peer])
+        hello = await _or_fail(link, peer_link.handshake, wait, spec.parties[peer])
         peer_link.accept_handshake(hello, roster.get(spec.parties[peer]).sign_public)
         peer_link.send_prss(b"".join(rt._prss_keys_to_peer(peer)))
     for peer in peers:
         peer_link = link.peers[peer]
-        keys = await _or_fail(link, peer_link.prss, HANDSHAKE_SECONDS, spec.parties[peer])
+        keys = await _or_fail(link, peer_link.prss, wait, spec.parties[peer])
         if len(keys) != rt._prss_keys_from_peer(peer):
             raise PeerError(f"{spec.parties[peer]} sent PRSS keys of the wrong size")
         rt._prss_keys_from_peer(peer, keys)

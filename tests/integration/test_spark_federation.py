@@ -4,8 +4,8 @@ Spark node's registry against the CSV node's survey (keys normalised); released 
 against pandas. (Value-free errors of a Spark dataset: tests/unit/test_spark_source.py.)
 
 One federation serves both jobs, one after the other: each starts a Spark JVM in the Spark
-node's session worker, and the other parties wait at most 30 s for a party's local step
-(session_worker.HANDSHAKE_SECONDS), which JVMs starting at once on two cores can exceed."""
+node's session worker, and the other parties wait for a party's local step up to the session
+timeout (120 s here; it used to be a fixed 30 s, which a cold JVM on two busy cores exceeded)."""
 
 from __future__ import annotations
 
