@@ -13,17 +13,18 @@ import binascii
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from jointstats.errors import AuthError, ConfigError, JointstatsError
 from jointstats.keys import Roster
 from jointstats.session import SessionDescription, result_message
-from jointstats.shares import MODES, add_shares
 from jointstats.signing import SignedJob, verify_job
+
+if TYPE_CHECKING:  # the coordinator verifies results without loading pandas
+    import pandas as pd
 
 SUFFIXES = ("", ".csv", ".json", ".parquet")
 SIGNED_FIELDS = ("columns", "rows", "metadata", "session", "signatures", "envelope")
@@ -104,6 +105,8 @@ class Result:
             doc = doc["signed"]
         if roster is not None:
             verify_result(doc, roster, job_id)
+        import pandas as pd
+
         table = pd.DataFrame(doc["rows"], columns=doc["columns"])
         for column in ("count", "sum", "mean", "weighted_count"):
             if column in table:
@@ -197,6 +200,8 @@ def signed_job(signed: dict[str, Any] | None) -> dict[str, Any]:
 
 def _with_shares(table: pd.DataFrame, job: dict[str, Any]) -> pd.DataFrame:
     """Add `share` when the signed crosstab job asks for it (public post-processing)."""
+    from jointstats.shares import MODES, add_shares
+
     mode = job.get("shares")
     if job.get("kind") != "crosstab" or mode not in MODES or "share" in table:
         return table

@@ -67,15 +67,17 @@ secure three-party computation with an honest majority", CCS 2016.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jointstats.protocols.base import Egress, FederationView, Outflow, Plan, SessionContext
 from jointstats.protocols.crosstab import check_purpose, share_bytes
-from jointstats.protocols.linked import fuzzy, match, program, wire
+from jointstats.protocols.linked import fuzzy, match, wire
 from jointstats.protocols.linked import job as schema
 from jointstats.protocols.linked.job import LinkedJob
-from jointstats.protocols.linked.records import Records, prepare
 from jointstats.protocols.release import Disclosure
+
+if TYPE_CHECKING:  # pandas comes with records: a node process that only decides never loads it
+    from jointstats.protocols.linked.records import Records
 
 
 class LinkedCrosstab:
@@ -101,6 +103,8 @@ class LinkedCrosstab:
 
     def local_step(self, job: LinkedJob, node: str, sources: dict[str, Any]) -> Records:
         side = job.left if node == job.left.node else job.right
+        from jointstats.protocols.linked.records import prepare
+
         return prepare(job, side, node, sources)
 
     def local_facts(self, job: LinkedJob, local: Records) -> dict[str, Any]:
@@ -118,6 +122,8 @@ class LinkedCrosstab:
     async def mpc_program(
         self, job: LinkedJob, ctx: SessionContext, local: Records | None
     ) -> dict[str, Any]:
+        from jointstats.protocols.linked import program
+
         return await program.run(job, ctx, local)
 
 
@@ -171,7 +177,7 @@ def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
     is this node's row count: an upper bound of the records it links (empty and duplicate
     keys are dropped first); n, the matched count, is at most that and known only later."""
     a, b, h = job.left.node, job.right.node, job.helper
-    w_u, w_v = program.widths(job)
+    w_u, w_v = job.width(job.left), job.width(job.right) * (2 if job.weighted else 1)
     cells = job.width(job.left) * job.width(job.right)
     role = {a: "A", b: "B", h: "H"}.get(node)
     flows: list[Outflow] = []
