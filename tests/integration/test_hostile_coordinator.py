@@ -28,6 +28,9 @@ def _events(fed: LocalFederation, node: str) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+ENDS = ("SESSION_MISMATCH", "SESSION_ABORTED", "SESSION_FAILED")
+
+
 def test_a_threshold_skewed_per_party_stops_the_session_before_any_share(data_dir, tmp_path):
     with (
         _federation(data_dir, tmp_path / "fed", "tests.fakes.skewing_coordinator") as fed,
@@ -35,14 +38,20 @@ def test_a_threshold_skewed_per_party_stops_the_session_before_any_share(data_di
     ):
         fed.client.run(JOB, timeout=90)
     assert "count" not in str(failure.value)
-    seen = []
-    for node in AGENCIES:  # the first to notice reports it; the others are aborted with it
+    mismatches = []
+    for node in AGENCIES:
+        # the first to notice reports the mismatch; the others are aborted with it, or see the
+        # coordinator close their relay first (a race): either way their session ends unreleased
         events = _events(fed, node)
         assert "RESULT_RELEASED" not in [e["event"] for e in events]
-        ends = [e for e in events if e["event"] in ("SESSION_MISMATCH", "SESSION_ABORTED")]
-        assert any("different session description" in e["fields"]["reason"] for e in ends)
-        seen += [e["event"] for e in ends]
-    assert "SESSION_MISMATCH" in seen
+        ends = [e["event"] for e in events if e["event"] in ENDS]
+        assert ends, (node, [e["event"] for e in events])
+        mismatches += [
+            e for e in events
+            if e["event"] == "SESSION_MISMATCH"
+            and "different session description" in e["fields"]["reason"]
+        ]  # fmt: skip
+    assert mismatches
 
 
 def test_a_result_altered_after_the_release_is_refused(data_dir, tmp_path):
