@@ -71,7 +71,10 @@ def test_margins_with_secondary_suppression_resist_the_attacker(federation, data
 
 
 def test_dp_noise_is_present_and_of_the_right_scale(federation, data_dir):
-    """60 large cells, epsilon = 1: the noise is not zero and its variance matches 1.84."""
+    """Three large cells in three jobs, epsilon = 1: the noise is not zero and its scale is
+    about right (variance 1.84). Nine samples are few: the bounds are set so that a correct
+    sampler fails them about once in a thousand runs (all nine zero); the distribution itself
+    is checked on many samples in tests/unit/test_dp_noise.py."""
     frame = pooled(data_dir)
     job = copy.deepcopy(JOB)
     job["by"] = ["region"]
@@ -89,7 +92,7 @@ def test_dp_noise_is_present_and_of_the_right_scale(federation, data_dir):
     noise = np.array(noise)
     assert np.any(noise != 0)
     assert np.all(np.abs(noise) <= 29)  # truncation bound B for epsilon = 1
-    assert 0.2 < np.mean(noise**2) < 8.0  # variance 1.84; wide: only 9 samples
+    assert np.mean(noise**2) < 16.0  # variance 1.84; one |x| = 8 (p ~ 0.4 %) gave 9.3 once
 
 
 def test_budget_is_refused_when_exhausted_and_survives_restart(data_dir, tmp_path: Path):
