@@ -272,8 +272,26 @@ def duckdb_kind(engine_type: str) -> str:
     return "boolean" if name == "BOOLEAN" else "other"
 
 
+class SchemaChecks:
+    """`columns` and `require_columns` from a source's own `column_types` and `declared`."""
+
+    dataset: str
+    declared: dict[str, str]
+
+    def column_types(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def columns(self) -> list[str]:
+        return list(self.column_types())
+
+    def require_columns(self, needed: list[str]) -> dict[str, str]:
+        actual = self.column_types()
+        check_columns(self.dataset, actual, self.declared, needed)
+        return actual
+
+
 @dataclass(frozen=True)
-class FileSource:
+class FileSource(SchemaChecks):
     """CSV or Parquet files (one, or a folder of them), read by DuckDB without loading rows
     into Python."""
 
@@ -438,14 +456,6 @@ class FileSource:
     def column_types(self) -> dict[str, str]:
         rows = self._run(f"DESCRIBE SELECT * FROM {self._relation(pin=False)}")
         return {row[0]: duckdb_kind(row[1]) for row in rows}
-
-    def columns(self) -> list[str]:
-        return list(self.column_types())
-
-    def require_columns(self, needed: list[str]) -> dict[str, str]:
-        actual = self.column_types()
-        check_columns(self.dataset, actual, self.declared, needed)
-        return actual
 
     def _filtered(
         self, columns: list[str], where: tuple[Condition, ...], bins: dict[str, Bands]

@@ -48,8 +48,8 @@ from jointstats.node.sources import (
     ColumnSummary,
     DatasetSummary,
     GroupedRows,
+    SchemaChecks,
     aggregate_sql,
-    check_columns,
     check_numeric,
     filter_sql,
     grouped_rows,
@@ -222,7 +222,7 @@ def stop_spark() -> None:
 
 
 @dataclass(frozen=True)
-class SparkSource:
+class SparkSource(SchemaChecks):
     """A Spark catalog table or a Parquet file/folder, aggregated by Spark."""
 
     dataset: str
@@ -311,14 +311,6 @@ class SparkSource:
     def column_types(self) -> dict[str, str]:
         fields = self._frame.schema.fields
         return {f.name: spark_kind(f.dataType.simpleString()) for f in fields}
-
-    def columns(self) -> list[str]:
-        return list(self.column_types())
-
-    def require_columns(self, needed: list[str]) -> dict[str, str]:
-        actual = self.column_types()
-        check_columns(self.dataset, actual, self.declared, needed)
-        return actual
 
     def _filtered(
         self, columns: list[str], where: tuple[Condition, ...], bins: dict[str, Bands]

@@ -29,8 +29,8 @@ from jointstats.node.sources import (
     ColumnSummary,
     DatasetSummary,
     GroupedRows,
+    SchemaChecks,
     aggregate_sql,
-    check_columns,
     check_numeric,
     filter_sql,
     grouped_rows,
@@ -54,7 +54,7 @@ KIND_OF_TYPE = {
 
 
 @dataclass(frozen=True)
-class SqlSource:
+class SqlSource(SchemaChecks):
     """A PostgreSQL relation: `kind` is table, view or query; `target` its name or SQL."""
 
     dataset: str
@@ -129,14 +129,6 @@ class SqlSource:
 
     def column_types(self) -> dict[str, str]:
         return {name: KIND_OF_TYPE.get(kind, "other") for name, kind in self._described()}
-
-    def columns(self) -> list[str]:
-        return list(self.column_types())
-
-    def require_columns(self, needed: list[str]) -> dict[str, str]:
-        actual = self.column_types()
-        check_columns(self.dataset, actual, self.declared, needed)
-        return actual
 
     def _numeric(self, actual: dict[str, str], column: str | None, role: str) -> None:
         if column and actual[column] != "number":

@@ -177,7 +177,7 @@ def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
     is this node's row count: an upper bound of the records it links (empty and duplicate
     keys are dropped first); n, the matched count, is at most that and known only later."""
     a, b, h = job.left.node, job.right.node, job.helper
-    w_u, w_v = job.width(job.left), job.width(job.right) * (2 if job.weighted else 1)
+    w_u, w_v = job.widths()
     cells = job.width(job.left) * job.width(job.right)
     role = {a: "A", b: "B", h: "H"}.get(node)
     flows: list[Outflow] = []

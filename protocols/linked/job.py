@@ -127,6 +127,10 @@ class LinkedJob(WithDisclosure):
     def weighted(self) -> bool:
         return self.right.weight is not None
 
+    def widths(self) -> tuple[int, int]:
+        """One-hot widths of U and V (V carries a weighted copy when the job has a weight)."""
+        return self.width(self.left), self.width(self.right) * (2 if self.weighted else 1)
+
 
 def _parse_side(doc: dict[str, Any], name: str, linkage: Linkage) -> Side:
     table = doc.get(name)

@@ -75,11 +75,6 @@ def phase(ctx: SessionContext, name: str) -> Iterator[None]:
         ctx.timings[name] = round(ctx.timings.get(name, 0.0) + elapsed, 4)
 
 
-def widths(job: LinkedJob) -> tuple[int, int]:
-    """One-hot widths of U and V (V carries a weighted copy when the job has a weight)."""
-    return job.width(job.left), job.width(job.right) * (2 if job.weighted else 1)
-
-
 def _seed(data: bytes, party: str) -> bytes:
     if len(data) != 32:
         raise PeerError(f"{party} sent a malformed seed")
@@ -104,7 +99,7 @@ async def holder(job: LinkedJob, ctx: SessionContext, roles: Roles, records: Rec
     channel = ctx.channel
     left = roles.me == "A"
     peer, pair_h = (roles.b, "AH") if left else (roles.a, "BH")
-    w_u, w_v = widths(job)
+    w_u, w_v = job.widths()
     w_me, w_peer = (w_u, w_v) if left else (w_v, w_u)
     with phase(ctx, "tag"):
         keys = await wire.agree_keys(channel, ctx.pid, peer)
@@ -196,7 +191,7 @@ async def _fuzzy_match(
 async def helper(job: LinkedJob, ctx: SessionContext, roles: Roles) -> Shared:
     """H: join the tags, send each holder the other's matched positions, finish the sharing."""
     channel = ctx.channel
-    w_u, w_v = widths(job)
+    w_u, w_v = job.widths()
     figures = None
     if job.linkage.fuzzy:
         size_a, size_b, i, j, figures = await _fuzzy_match(job, ctx, roles)

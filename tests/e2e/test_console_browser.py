@@ -5,7 +5,6 @@ host, token in the form body). Skips only when chromium is missing outside CI.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from jointstats.audit import AuditLog
 from jointstats.keys import Identity
 from jointstats.node.state import Approval, NodeState
 from tests.e2e.owner_world import owner_world
+from tests.system import require_tool
 
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 STATEMENT = {
@@ -49,12 +49,7 @@ STATEMENT = {
 
 
 def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("chromium is missing in CI (.ci/run installs it)")
-    pytest.skip("no chromium on this machine: apt-get install chromium (CI installs it and fails)")
+    return require_tool(("chromium", "chromium-browser"), "chromium")
 
 
 def _hold(state: NodeState, job_id: str, analyst: str) -> None:

@@ -9,8 +9,6 @@ timeout (120 s here; it used to be a fixed 30 s, which a cold JVM on two busy co
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 
 from jointstats.local import LocalFederation, LocalNode
 from tests.plaintext import expected_crosstab
+from tests.system import need_java
 
 REGIONS = ["north", "south", "east", "west"]
 STATUSES = ["idp", "returnee", "host"]
@@ -48,15 +47,6 @@ LINKED: dict = {
     "domains": {"status": ["idp", "returnee"]},
     "disclosure": {"min_cell": 5},
 }  # fmt: skip
-
-
-def need_java() -> None:
-    """Skip without Java outside CI (the console test's rule); CI installs it and must run."""
-    if shutil.which("java") or os.environ.get("JAVA_HOME"):
-        return
-    if os.environ.get("CI"):
-        pytest.fail("java is missing in CI (.ci/run installs openjdk-17-jre-headless)")
-    pytest.skip("no Java here: apt-get install openjdk-17-jre-headless (CI installs it and fails)")
 
 
 def _people(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:

@@ -16,6 +16,13 @@ from jointstats.protocols.crosstab import PROTOCOL
 from jointstats.results import Result
 
 ROWS = ["north", "south", "east"]
+MARGIN_LINES = [  # a 2 x 2 table with margins whose north total is suppressed
+    ("north", "idp", 20, False), ("north", "returnee", None, True),
+    ("south", "idp", 30, False), ("south", "returnee", 40, False),
+    ("north", "total", None, True), ("south", "total", 70, False),
+    ("total", "idp", 50, False), ("total", "returnee", 45, False),
+    ("total", "total", 115, False),
+]  # fmt: skip
 COLS = ["idp", "returnee"]
 
 
@@ -67,14 +74,7 @@ def test_shares_without_margins_match_pandas_over_released_cells(mode: str, grou
 
 
 def test_shares_with_margins_use_released_totals_and_empty_when_a_total_is_suppressed() -> None:
-    lines = [
-        ("north", "idp", 20, False), ("north", "returnee", None, True),
-        ("south", "idp", 30, False), ("south", "returnee", 40, False),
-        ("north", "total", None, True), ("south", "total", 70, False),
-        ("total", "idp", 50, False), ("total", "returnee", 45, False),
-        ("total", "total", 115, False),
-    ]  # fmt: skip
-    table = pd.DataFrame(lines, columns=["a", "b", "count", "suppressed"])
+    table = pd.DataFrame(MARGIN_LINES, columns=["a", "b", "count", "suppressed"])
     job = {"kind": "crosstab", "by": ["a", "b"], "disclosure": {"margins": True}}
     row = _result(table, {**job, "shares": "row"}).table["share"].tolist()
     assert np.isnan(row[0]) and np.isnan(row[1])  # north's total is suppressed
@@ -141,14 +141,7 @@ def test_plot_refuses_other_suffixes(tmp_path: Path) -> None:
 
 
 def test_plot_marks_a_released_cell_without_a_share_as_na_not_suppressed(tmp_path: Path) -> None:
-    lines = [
-        ("north", "idp", 20, False), ("north", "returnee", None, True),
-        ("south", "idp", 30, False), ("south", "returnee", 40, False),
-        ("north", "total", None, True), ("south", "total", 70, False),
-        ("total", "idp", 50, False), ("total", "returnee", 45, False),
-        ("total", "total", 115, False),
-    ]  # fmt: skip
-    table = pd.DataFrame(lines, columns=["a", "b", "count", "suppressed"])
+    table = pd.DataFrame(MARGIN_LINES, columns=["a", "b", "count", "suppressed"])
     job = {"kind": "crosstab", "by": ["a", "b"], "shares": "row", "disclosure": {"margins": True}}
     figure = _result(table, job).plot()
     texts = [t.get_text() for ax in figure.axes for t in ax.texts]

@@ -5,8 +5,6 @@ and one value-free line for every error (configuration, missing Java or pyspark,
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from jointstats.node import spark_source as spark
 from jointstats.node.sources import FileSource, GroupedRows, source_for
 from jointstats.protocols.crosstab import PROTOCOL as CROSSTAB
 from jointstats.protocols.filters import Bands, Condition
+from tests.system import need_java
 
 SECRET = "SECRET-VALUE-123"
 ODD = "odd `name\"'%"  # quoting: backticks, quotes and a percent sign in a column name
@@ -28,15 +27,6 @@ TEST_CONF = {
     "spark.driver.memory": "512m",
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
 }
-
-
-def need_java() -> None:
-    """Skip without Java outside CI (the console test's rule); CI installs it and must run."""
-    if shutil.which("java") or os.environ.get("JAVA_HOME"):
-        return
-    if os.environ.get("CI"):
-        pytest.fail("java is missing in CI (.ci/run installs openjdk-17-jre-headless)")
-    pytest.skip("no Java here: apt-get install openjdk-17-jre-headless (CI installs it and fails)")
 
 
 def _frame(rows: int = 600) -> pd.DataFrame:
