@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jointstats.errors import JobFailed
 from jointstats.local import LocalFederation, LocalNode
+from jointstats.results import Result
 from tests.plaintext import expected_crosstab
 from tests.system import need_java
 
@@ -92,9 +94,18 @@ def _banded(frame: pd.DataFrame) -> pd.DataFrame:
     return kept
 
 
+def _run(fed: LocalFederation, job: dict) -> Result:
+    """Run a job; a failure shows the Spark node's log (why its JVM did not start, say)."""
+    try:
+        return fed.client.run(job, timeout=180)
+    except JobFailed as exc:
+        tail = fed.log("lake").read_text(errors="replace")[-6000:]
+        raise AssertionError(f"{exc}\n--- lake's log (end) ---\n{tail}") from None
+
+
 def test_a_spark_node_in_a_pooled_and_a_linked_crosstab(federation):
     fed, lake, ngo = federation
-    result = fed.client.run(POOLED, timeout=180)
+    result = _run(fed, POOLED)
     pooled = pd.concat([lake, ngo])
     kept = _banded(pooled[pooled["status"].isin(["idp", "returnee"])])
     domains = {"region": REGIONS, "age": BANDS}
@@ -111,7 +122,7 @@ def test_a_spark_node_in_a_pooled_and_a_linked_crosstab(federation):
     )
     assert sorted(result.metadata["inputs"]) == ["lake", "ngo"]
 
-    result = fed.client.run(LINKED, timeout=180)
+    result = _run(fed, LINKED)
     right = ngo[ngo["status"].isin(["idp", "returnee"])]
     merged = _banded(lake)[["id", "age"]].merge(right[["id", "status"]], on="id")
     domains = {"age": BANDS, "status": ["idp", "returnee"]}
