@@ -97,7 +97,7 @@ def caller_fingerprint(context: grpc.ServicerContext) -> str:
     return cert_fingerprint(pems[0])
 
 
-HANDSHAKE = b"JSH2"
+HANDSHAKE = b"JSH3"  # 3: frames carry batches of entries (node/relay_link.py)
 HELLO_BYTES = 4 + 32 + 32 + 64  # tag, X25519 public key, session digest, Ed25519 signature
 
 

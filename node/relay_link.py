@@ -9,11 +9,20 @@ What a peer sent and this party has not read yet (chunks of a message, messages 
 steps, protocol messages in the data queue) is bounded per peer, much lower before that
 peer's handshake is accepted; a peer over the bound fails the session with a PeerError.
 
+Messages to a peer are batched: what the session hands over during one turn of the event loop
+(MPyC sends one message per peer for every secure operation it starts, and starts many at
+once) is sealed as one frame, a sequence of entries [kind (1 byte), length (4 bytes), body].
+A batch is flushed when the loop turn ends, when it reaches BATCH_BYTES, and before the link
+closes. The seal's sequence-number nonces cover the whole batch, so a relay can no more split,
+reorder or drop entries than it could messages; fewer, larger frames mean fewer gRPC writes
+at every party and at the coordinator (docs/performance.md).
+
 What this party sends is counted per peer, message kind and session phase (`PeerLink.sent`):
-messages, payload bytes (what the protocol or MPyC handed over) and sealed bytes. A sealed
-message is its payload plus 1 kind byte, 8 program-counter bytes (MPC only) and a 16-byte
-Poly1305 tag; the relay adds ~40 bytes of frame per 1 MiB chunk, and TLS its own records.
-The node's audit log records these counts after each job (docs/audit.md).
+messages, payload bytes (what the protocol or MPyC handed over) and sealed bytes. An entry is
+its payload plus 5 header bytes and 8 program-counter bytes (MPC only); each sealed frame adds
+a 16-byte Poly1305 tag, counted with its first entry; the relay adds ~40 bytes of frame per
+1 MiB chunk, and TLS its own records. The node's audit log records these counts after each
+job (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -35,7 +44,15 @@ HANDSHAKE = "HANDSHAKE"  # the signed hello that opens each pair's sealed channe
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # one sealed message, reassembled from chunks
 MAX_BUFFERED_BYTES = 512 * 1024 * 1024  # received from one peer, not yet read by the session
 MAX_EARLY_BYTES = 1024 * 1024  # the same, before the peer's handshake is accepted
+BATCH_BYTES = 1024 * 1024  # a batch is sealed once it holds this much (large bodies go alone)
+ENTRY = struct.Struct("<BI")  # an entry's header in a sealed frame: kind, body length
+TAG_BYTES = 16  # ChaCha20-Poly1305's tag, one per sealed frame
 CLOSE_SECONDS = 5.0
+
+
+def entry(kind: int, body: bytes) -> bytes:
+    """One entry of a sealed frame: kind, body length, body."""
+    return ENTRY.pack(kind, len(body)) + body
 
 
 class _ReadQueue(asyncio.Queue):
@@ -63,6 +80,8 @@ class PeerLink:
             tuple[str, str], list[int]
         ] = {}  # (kind, phase) -> messages, payload, sealed
         self.buffers: dict[int, object] = {}
+        self._batch: list[bytes] = []  # entries waiting to be sealed as one frame
+        self._batch_bytes = 0
         self._chunks: list[bytes] = []
         self._chunk_bytes = 0
         self._early: list[bytes] = []  # sealed messages that arrived before we read the handshake
@@ -79,10 +98,26 @@ class PeerLink:
         counts[2] += sealed
 
     def _send_sealed(self, kind: int, body: bytes, payload: int | None = None) -> None:
-        message = self.seal.seal(bytes([kind]) + body)
-        self.nbytes_sent += len(message)
-        self._count(KIND_NAMES[kind], len(body) if payload is None else payload, len(message))
-        self._link.send_message(self.peer_pid, message)
+        """Add an entry to this turn's batch (sealed and sent by `flush`)."""
+        if self._batch_bytes and self._batch_bytes + ENTRY.size + len(body) > BATCH_BYTES:
+            self.flush()
+        if not self._batch:
+            self._link.loop.call_soon(self.flush)
+        framed = entry(kind, body)
+        overhead = 0 if self._batch else TAG_BYTES
+        self._batch.append(framed)
+        self._batch_bytes += len(framed)
+        self.nbytes_sent += len(framed) + overhead
+        self._count(
+            KIND_NAMES[kind], len(body) if payload is None else payload, len(framed) + overhead
+        )
+
+    def flush(self) -> None:
+        """Seal the waiting entries as one frame and hand it to the relay stream."""
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._link.send_message(self.peer_pid, self.seal.seal(b"".join(batch)))
 
     def send_handshake(self, hello: bytes) -> None:
         self._count(HANDSHAKE, len(hello), len(hello))
@@ -149,10 +184,21 @@ class PeerLink:
             )
 
     def _on_sealed(self, message: bytes) -> None:
-        plaintext = self.seal.open(message)
+        plaintext = memoryview(self.seal.open(message))
         if not plaintext:
             raise PeerError(f"party {self.peer_pid} sent an empty message")
-        kind, body = plaintext[0], plaintext[1:]
+        offset = 0
+        while offset < len(plaintext):
+            if len(plaintext) - offset < ENTRY.size:
+                raise PeerError(f"party {self.peer_pid} sent a truncated message")
+            kind, size = ENTRY.unpack_from(plaintext, offset)
+            offset += ENTRY.size
+            if size > len(plaintext) - offset:
+                raise PeerError(f"party {self.peer_pid} sent a truncated message")
+            self._on_entry(kind, bytes(plaintext[offset : offset + size]))
+            offset += size
+
+    def _on_entry(self, kind: int, body: bytes) -> None:
         if kind == MPC:
             if len(body) < 8:
                 raise PeerError(f"party {self.peer_pid} sent a truncated MPC message")
@@ -212,6 +258,11 @@ class RelayLink:
             for pid, peer in sorted(self.peers.items())
             for (kind, phase), (m, p, b) in sorted(peer.sent.items())
         ]  # fmt: skip
+
+    def flush(self) -> None:
+        """Send every peer's waiting batch now (before closing; tests)."""
+        for peer in self.peers.values():
+            peer.flush()
 
     def add_peer(self, peer_pid: int) -> PeerLink:
         link = PeerLink(
@@ -274,6 +325,7 @@ class RelayLink:
         """Half-close our side, then wait until the coordinator has relayed all we sent
         (it ends our response stream once it has read our last frame)."""
         self._closing = True
+        self.flush()
         self._outbox.put_nowait(None)
         tasks = [t for t in (self._writer, self._reader) if t is not None]
         if tasks:

@@ -105,3 +105,79 @@ def test_any_file_content_gives_rows_or_a_value_free_data_error(
             assert text not in str(error)
     except JointstatsError:
         pytest.fail("only DataError is expected from a dataset reader")
+
+
+class _Wire:
+    """A fake RelayLink that keeps what its PeerLink hands over (one entry per sealed frame)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.frames: list[bytes] = []
+        self.phase = "mpc"
+
+    def send_message(self, to_pid: int, message: bytes) -> None:
+        self.frames.append(message)
+
+
+def _sending_pair(keys) -> tuple[PeerLink, PeerLink, _Wire]:
+    """Party 0's link to party 1 (sending through a _Wire) and party 1's link to party 0."""
+    id_a, id_b, pub_a, pub_b = keys
+    wire = _Wire()
+    sender = PeerLink(wire, 1, PairSeal("s", 0, 1))  # type: ignore[arg-type]
+    receiver = PeerLink(_Link(), 0, PairSeal("s", 1, 0))  # type: ignore[arg-type]
+    receiver.on_chunk(sender.seal.hello(id_a), True)
+    receiver.accept_handshake(receiver.handshake.result(), pub_a)
+    sender.on_chunk(receiver.seal.hello(id_b), True)
+    sender.accept_handshake(sender.handshake.result(), pub_b)
+    return sender, receiver, wire
+
+
+def test_what_one_loop_turn_sends_arrives_as_one_frame_in_order(keys) -> None:
+    sender, receiver, wire = _sending_pair(keys)
+    for pc in range(50):
+        sender.send(pc, pc.to_bytes(2, "little") * 10)
+    sender.send_data(b"protocol message")
+    sender.send_bye()
+    assert wire.frames == []  # nothing leaves before the turn ends
+    wire.loop.run_until_complete(asyncio.sleep(0))
+    assert len(wire.frames) == 1
+    receiver.on_chunk(wire.frames[0], True)
+    assert [receiver.receive(pc) for pc in range(50)] == [
+        pc.to_bytes(2, "little") * 10 for pc in range(50)
+    ]
+    assert receiver.data.get_nowait() == b"protocol message"
+    assert receiver.bye.done()
+    sent = sender.sent[("MPC", "mpc")]
+    assert sent[0] == 50 and sent[1] == 50 * 20
+    assert sum(counts[2] for counts in sender.sent.values()) == len(wire.frames[0])
+
+
+def test_a_batch_reaching_its_size_limit_is_sealed_at_once(keys, monkeypatch) -> None:
+    from jointstats.node import relay_link
+
+    monkeypatch.setattr(relay_link, "BATCH_BYTES", 1000)
+    sender, receiver, wire = _sending_pair(keys)
+    for _ in range(5):
+        sender.send_data(bytes(400))
+    assert len(wire.frames) == 2  # 2 + 2 entries sealed; the fifth waits for the turn's end
+    sender.flush()
+    for frame in wire.frames:
+        receiver.on_chunk(frame, True)
+    assert [len(receiver.data.get_nowait()) for _ in range(5)] == [400] * 5
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b"\x03\xff\xff\xff\x7fshort",  # an entry longer than the frame
+        b"\x03\x05\x00\x00\x00hello\x03\x01",  # a header cut off after a whole entry
+        b"\x00\x04\x00\x00\x00abcd",  # an MPC entry without its 8-byte program counter
+        b"\x09\x00\x00\x00\x00",  # an unknown kind
+    ],
+)
+def test_an_authentic_frame_with_bad_entries_stops_the_session(keys, plaintext) -> None:
+    """A hostile peer (not the coordinator: it cannot seal) frames entries that do not add up:
+    the session stops with a PeerError, never an IndexError or a misread message."""
+    receiver, sender = _linked_pair(keys)
+    with pytest.raises(PeerError, match="truncated|unexpected"):
+        receiver.on_chunk(sender.seal(plaintext), True)

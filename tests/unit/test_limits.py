@@ -15,7 +15,7 @@ from jointstats.coordinator import relay
 from jointstats.errors import AuthError, JobError, PeerError
 from jointstats.keys import Identity, new_member
 from jointstats.node import relay_link
-from jointstats.node.relay_link import MPC, PeerLink
+from jointstats.node.relay_link import MPC, PeerLink, entry
 from jointstats.protocols.linked import wire
 from jointstats.protocols.linked.records import MAX_RECORDS
 from jointstats.transport import PairSeal
@@ -98,7 +98,7 @@ def _pair(keys) -> tuple[PeerLink, PairSeal]:
 
 
 def _mpc(sender: PairSeal, pc: int, size: int) -> bytes:
-    return sender.seal(bytes([MPC]) + struct.pack("<q", pc) + bytes(size))
+    return sender.seal(entry(MPC, struct.pack("<q", pc) + bytes(size)))
 
 
 def test_unread_messages_of_a_peer_are_bounded(keys, monkeypatch) -> None:
@@ -107,7 +107,7 @@ def test_unread_messages_of_a_peer_are_bounded(keys, monkeypatch) -> None:
     receiver.accept_handshake(receiver.handshake.result(), keys[3])
     for pc in range(3):  # MPC messages for steps the runtime has not reached
         receiver.on_chunk(_mpc(sender, pc, MIB), True)
-    receiver.on_chunk(sender.seal(bytes([relay_link.DATA]) + bytes(MIB // 2)), True)
+    receiver.on_chunk(sender.seal(entry(relay_link.DATA, bytes(MIB // 2))), True)
     assert len(receiver.receive(0)) == MIB  # read: it no longer counts
     assert len(receiver.data.get_nowait()) == MIB // 2
     receiver.on_chunk(_mpc(sender, 3, MIB), True)
@@ -122,7 +122,7 @@ def test_data_a_party_does_not_read_is_bounded(keys, monkeypatch) -> None:
     receiver.accept_handshake(receiver.handshake.result(), keys[3])
     with pytest.raises(PeerError, match="over 2 MiB wait"):
         for _ in range(5):
-            receiver.on_chunk(sender.seal(bytes([relay_link.DATA]) + bytes(MIB)), True)
+            receiver.on_chunk(sender.seal(entry(relay_link.DATA, bytes(MIB))), True)
 
 
 def test_before_its_handshake_is_accepted_a_peer_can_leave_little(keys) -> None:
