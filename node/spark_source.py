@@ -88,6 +88,9 @@ appender.stderr.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n
 logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
 logger.gateway.level = error
 """  # the gateway's logger at the root's level: no "Setting default log level" line
+# A JVM that exits at start on a busy machine (seen once in CI, cause unknown) gets one more try;
+# a real misconfiguration fails twice, in a few seconds.
+START_ATTEMPTS = 2
 NUMBER_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
 
 _lock = threading.Lock()
@@ -165,23 +168,27 @@ def _start(dataset: str, master: str, conf: dict[str, str]) -> Any:
     tty = sys.stderr.isatty()
     output = {"stdout": subprocess.DEVNULL if tty else sys.stderr.fileno(),
               "stderr": subprocess.DEVNULL if tty else None}  # fmt: skip
-    try:
-        with tempfile.TemporaryDirectory(prefix="jointstats-spark-") as folder:
-            log4j = Path(folder) / "log4j2.properties"  # read once, when the JVM starts
-            log4j.write_text(LOG4J)
-            settings = _session_conf(master, conf, log4j)
-            spark_conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
-            # a JVM left by a stopped session is reused: pyspark keeps one gateway a process
-            gateway = SparkContext._gateway or launch_gateway(spark_conf, output)
-            with warnings.catch_warnings():  # pyspark's pandas-version notice, not ours
-                warnings.simplefilter("ignore", FutureWarning)
-                context = SparkContext(conf=spark_conf, gateway=gateway)
-    except Exception as exc:  # JAVA_GATEWAY_EXITED, a bad conf value, an unreachable master
-        log.info("dataset %s: Spark did not start: %s", dataset, exc)
-        raise ConfigError(
-            f"dataset {dataset}: Spark did not start (master {master}); it needs Java 17 or "
-            "later, and `conf` values Spark accepts (details in the node's log)"
-        ) from None
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            with tempfile.TemporaryDirectory(prefix="jointstats-spark-") as folder:
+                log4j = Path(folder) / "log4j2.properties"  # read once, when the JVM starts
+                log4j.write_text(LOG4J)
+                settings = _session_conf(master, conf, log4j)
+                spark_conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
+                # a JVM left by a stopped session is reused: pyspark keeps one gateway a process
+                gateway = SparkContext._gateway or launch_gateway(spark_conf, output)
+                with warnings.catch_warnings():  # pyspark's pandas-version notice, not ours
+                    warnings.simplefilter("ignore", FutureWarning)
+                    context = SparkContext(conf=spark_conf, gateway=gateway)
+            break
+        except Exception as exc:  # JAVA_GATEWAY_EXITED, a bad conf value, an unreachable master
+            log.warning("dataset %s: Spark did not start (attempt %d): %r", dataset, attempt, exc)
+            SparkContext._gateway = SparkContext._jvm = None  # a dead JVM is not reused
+            if attempt == START_ATTEMPTS:
+                raise ConfigError(
+                    f"dataset {dataset}: Spark did not start (master {master}); it needs Java "
+                    "17 or later, and `conf` values Spark accepts (details in the node's log)"
+                ) from None
     context.setLogLevel("ERROR")
     return SparkSession(context)
 
