@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .store import JobStore
 
 log = logging.getLogger(__name__)
 ROSTER_POLL_SECONDS = 1.0
+MAX_STATUS_WAIT_SECONDS = 10.0  # one long poll of GetStatus, at most
 RELAY_HELLO_SECONDS = 30.0
 CONNECT_HELLO_SECONDS = 30.0
 # A member's new node stream waits this long for its old one to end before it is refused as a
@@ -58,10 +60,18 @@ class CoordinatorService(wire_pb2_grpc.CoordinatorServicer):
         return wire_pb2.SubmitReply(job_id=job_id)
 
     async def GetStatus(self, request, context):  # noqa: N802
+        caller = current_caller().name
         try:
-            record = self.jobs.status(request.job_id, current_caller().name)
+            record = self.jobs.status(request.job_id, caller)
         except JobError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        wait = min(max(request.wait_seconds, 0.0), MAX_STATUS_WAIT_SECONDS)
+        deadline = time.monotonic() + wait
+        while not record.finished and time.monotonic() < deadline:
+            if not request.until_finished and record.updated_at != request.updated_after:
+                break
+            await self.jobs.store.wait_for_change(record.job_id, deadline - time.monotonic())
+            record = self.jobs.status(record.job_id, caller)
         nodes = [
             wire_pb2.NodeState(node=n, state=s["state"], reason=s["reason"])
             for n, s in record.nodes.items()

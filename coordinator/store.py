@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -48,6 +50,7 @@ class JobStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
+        self._changed: dict[str, asyncio.Event] = {}  # jobs someone waits on (long polls)
 
     def fail_unfinished(self, reason: str) -> int:
         """At start-up: jobs that were in flight when the coordinator stopped cannot resume."""
@@ -75,6 +78,15 @@ class JobStore:
                 job.updated_at,
             ),
         )
+        event = self._changed.pop(job.job_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_for_change(self, job_id: str, seconds: float) -> None:
+        """Return when the job's record is saved again, or after `seconds`."""
+        event = self._changed.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

@@ -26,7 +26,8 @@ from jointstats.signing import DEFAULT_TTL_SECONDS, SignedJob, sign_job
 from jointstats.transport import channel_credentials, channel_options
 from jointstats.v1 import wire_pb2, wire_pb2_grpc
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.05  # between status calls, when the coordinator answers at once
+LONG_POLL_SECONDS = 5.0  # how long one status call may wait for a change
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class JobStatus:
     state: str
     reason: str
     nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    updated_at: float = 0.0  # the coordinator's clock at the record's last change
 
     @property
     def finished(self) -> bool:
@@ -93,10 +95,28 @@ class Client:
         request = wire_pb2.SubmitRequest(envelope=signed.envelope, signature=signed.signature)
         return self._call("Submit", request).job_id
 
-    def status(self, job_id: str) -> JobStatus:
-        reply = self._call("GetStatus", wire_pb2.StatusRequest(job_id=job_id))
-        nodes = {n.node: (n.state, n.reason) for n in reply.nodes}
-        return JobStatus(reply.job_id, reply.state, reply.reason, nodes)
+    def status(
+        self,
+        job_id: str,
+        wait: float = 0.0,
+        updated_after: float = 0.0,
+        until_finished: bool = False,
+    ) -> JobStatus:
+        """The job's status; with `wait`, once it changed after `updated_after` (or finished,
+        with `until_finished`), or after `wait` seconds at most (a long poll)."""
+        request = wire_pb2.StatusRequest(
+            job_id=job_id,
+            wait_seconds=wait,
+            updated_after=updated_after,
+            until_finished=until_finished,
+        )
+        reply = self._stub.GetStatus  # the call may wait `wait` seconds on top of the timeout
+        try:
+            answer = reply(request, timeout=self._timeout + wait)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        nodes = {n.node: (n.state, n.reason) for n in answer.nodes}
+        return JobStatus(answer.job_id, answer.state, answer.reason, nodes, answer.updated_at)
 
     def result(self, job_id: str) -> Result:
         """The released table, verified: every party's signature over the table and the
@@ -112,8 +132,10 @@ class Client:
     ) -> Result:
         """Block until the job is released (return its result) or failed (raise JobFailed)."""
         deadline = time.monotonic() + timeout
+        seen = 0.0
         while True:
-            status = self.status(job_id)
+            wait = max(0.0, min(LONG_POLL_SECONDS, deadline - time.monotonic()))
+            status = self.status(job_id, wait, seen, until_finished=on_status is None)
             if on_status is not None:
                 on_status(status)
             if status.state == "released":
@@ -122,7 +144,9 @@ class Client:
                 raise JobFailed(f"job {job_id} failed: {status.reason}")
             if time.monotonic() > deadline:
                 raise SessionTimeout(f"job {job_id} still {status.state} after {timeout:.0f} s")
-            time.sleep(POLL_SECONDS)
+            if status.updated_at == seen:  # nothing new: a coordinator that does not long-poll
+                time.sleep(POLL_SECONDS)
+            seen = status.updated_at
 
     def run(self, job: dict[str, Any] | Path | str, timeout: float = 600.0) -> Result:
         return self.wait(self.submit(job), timeout)

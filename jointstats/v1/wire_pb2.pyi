@@ -21,10 +21,16 @@ class SubmitReply(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "wait_seconds", "updated_after", "until_finished")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FINISHED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    wait_seconds: float
+    updated_after: float
+    until_finished: bool
+    def __init__(self, job_id: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., updated_after: _Optional[float] = ..., until_finished: _Optional[bool] = ...) -> None: ...
 
 class NodeState(_message.Message):
     __slots__ = ("node", "state", "reason")

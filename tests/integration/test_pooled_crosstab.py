@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 
 import numpy as np
 import pytest
@@ -131,3 +132,40 @@ def test_status_shows_every_party(federation):
         "nrc": "done",
         "unhcr": "done",
     }
+
+
+def test_waiting_for_a_job_is_a_long_poll_not_a_busy_loop(federation, data_dir):
+    """`Client.wait` asks the coordinator to answer when the job is finished: a handful of
+    GetStatus calls per job instead of one every 50 ms (each one CPU at both ends)."""
+    client = federation.client
+    calls: list[float] = []
+    get_status = client._stub.GetStatus
+
+    def counted(request, **kwargs):
+        calls.append(request.wait_seconds)
+        return get_status(request, **kwargs)
+
+    client._stub.GetStatus = counted
+    try:
+        result = client.run(JOB, timeout=120)
+    finally:
+        client._stub.GetStatus = get_status
+    expected = expected_crosstab(pooled(data_dir), JOB["by"], JOB["domains"], min_cell=10)
+    _check(result, expected)
+    assert 1 <= len(calls) <= 2 and all(wait > 0 for wait in calls)
+
+
+def test_a_long_poll_answers_at_a_change_and_never_for_someone_elses_job(federation):
+    client = federation.client
+    job_id = client.submit(JOB)
+    first = client.status(job_id)
+    started = time.monotonic()
+    changed = client.status(job_id, wait=30, updated_after=first.updated_at)
+    assert time.monotonic() - started < 25  # it answered at a change, not at the end of the wait
+    assert changed.updated_at != first.updated_at or changed.finished
+    finished = client.status(job_id, wait=30, updated_after=changed.updated_at, until_finished=True)
+    assert finished.state == "released"
+    started = time.monotonic()
+    with pytest.raises(JobError, match="no job with id"):
+        client.status("0" * 16, wait=30)
+    assert time.monotonic() - started < 5
