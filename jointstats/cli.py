@@ -348,7 +348,6 @@ def local(
     """Run one job through the real stack (processes, gRPC, TLS, MPC) on loopback."""
     from jointstats.jobs import load_job_file
     from jointstats.local import LocalFederation, LocalNode, parse_node_option
-    from jointstats.progress import follow_job, print_result
     from jointstats.results import check_output_path
 
     if out_file is not None:
@@ -358,15 +357,19 @@ def local(
     nodes: dict[str, LocalNode] = {}
     for option in node:
         parse_node_option(option, nodes)
-    with err.status("starting coordinator and nodes"):
-        federation = LocalFederation(list(nodes.values()), workdir, session_timeout=timeout)
-        federation.__enter__()
+    federation = LocalFederation(list(nodes.values()), workdir, session_timeout=timeout)
     try:
+        with err.status("starting coordinator and nodes"):
+            federation.launch()
+            # pandas and the client load while the processes start, on the CPU they leave
+            from jointstats.progress import follow_job, print_result
+
+            federation.connect()
         assert federation.client is not None
         job_id = federation.client.submit(doc)
         released = follow_job(federation.client, job_id, err, timeout)
     finally:
-        federation.__exit__(None, None, None)
+        federation.stop()
     print_result(out, released)
     if out_file is not None:
         released.write(out_file)

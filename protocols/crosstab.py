@@ -29,9 +29,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from jointstats.errors import DataError, JobError
 from jointstats.protocols import disclosure
@@ -45,6 +43,9 @@ from jointstats.protocols.base import (
 )
 from jointstats.protocols.filters import Bands, Condition, names, parse_bins, parse_where
 from jointstats.protocols.release import Disclosure, WithDisclosure, parse_disclosure, release
+
+if TYPE_CHECKING:  # numpy is imported where it is used: node and coordinator never load it
+    import numpy as np
 
 MAX_CELLS = 20_000  # a released table travels in one gRPC message (4 MiB)
 SUM_SCALE = 100  # sums travel as integers in hundredths
@@ -263,6 +264,8 @@ class Crosstab:
     def local_step(self, job: CrosstabJob, node: str, sources: dict[str, Any]) -> np.ndarray:
         """Cell vector of this node: counts, then sums in hundredths (with `sum`), then weights
         in millionths (with `weight`)."""
+        import numpy as np
+
         if job.dataset not in sources:
             raise DataError(f"node {node} does not serve dataset {job.dataset!r}")
         source = sources[job.dataset]
@@ -291,6 +294,8 @@ class Crosstab:
     async def mpc_program(
         self, job: CrosstabJob, ctx: SessionContext, local: np.ndarray | None
     ) -> dict[str, Any]:
+        import numpy as np
+
         mpc = ctx.runtime
         # Counts are compared with k: 32-bit shares make that cheap. DP noise needs 40-bit
         # uniforms, and sums and weights can exceed 2^31: those use 64 bits.
@@ -385,6 +390,8 @@ def _check_measures(job: CrosstabJob, grouped: Any) -> None:
 
 
 def _fixed(values: list[float] | None, scale: int) -> np.ndarray:
+    import numpy as np
+
     scaled = np.rint(np.asarray(values, dtype=np.float64) * scale)
     if scaled.size and not np.abs(scaled).max() < MAX_FIXED:
         raise DataError("a cell's sum is too large to aggregate exactly; narrow `bounds`")
@@ -392,6 +399,8 @@ def _fixed(values: list[float] | None, scale: int) -> np.ndarray:
 
 
 def _scatter(job: CrosstabJob, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     out = np.zeros(job.n_cells, dtype=np.int64)
     np.add.at(out, cells, values)
     return out
@@ -453,6 +462,8 @@ def _cell_indices(
 ) -> np.ndarray:
     """Cell of each group; empty (NULL) keys and values outside a domain are counted per
     column for the node's log and reported without the values or the counts."""
+    import numpy as np
+
     index_maps = [{v: i for i, v in enumerate(d)} for d in job.cell_domains]
     outside, empty = [0] * len(job.by), [0] * len(job.by)
     cells = np.zeros(len(keys), dtype=np.int64)

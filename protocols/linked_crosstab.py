@@ -71,7 +71,6 @@ from typing import TYPE_CHECKING, Any
 
 from jointstats.protocols.base import Egress, FederationView, Outflow, Plan, SessionContext
 from jointstats.protocols.crosstab import check_purpose, share_bytes
-from jointstats.protocols.linked import fuzzy, match, wire
 from jointstats.protocols.linked import job as schema
 from jointstats.protocols.linked.job import LinkedJob
 from jointstats.protocols.release import Disclosure
@@ -129,6 +128,10 @@ class LinkedCrosstab:
 
 def _array(rows: int | None, width: int, itemsize: int = 8) -> dict[str, Any]:
     """Outflow fields of one wire.send_array: a header message, then blocks of rows."""
+    # The linked modules import numpy and pyarrow: loaded for a linked job's statement only,
+    # so that nodes and the coordinator start without them.
+    from jointstats.protocols.linked import wire
+
     if rows is None:
         return {"values": None, "value_bytes": itemsize}
     per_message = max(1, wire.MESSAGE_BYTES // max(1, width * itemsize))
@@ -155,6 +158,8 @@ LEAKAGE = {
 
 def _fuzzy_outflows(job: LinkedJob, h: str, rows: int | None, left: bool) -> list[Outflow]:
     """Fuzzy linkage: one keyed encoding per linkage field, then the blocking tags, to H."""
+    from jointstats.protocols.linked import fuzzy
+
     flows = []
     for field in job.linkage.fields:
         column = field.left if left else field.right
@@ -176,6 +181,8 @@ def egress(job: LinkedJob, node: str, rows: int | None) -> Egress:
     """Linked crosstab's egress for `node` (DESIGN §5.2, module docstring, steps 2-5). `rows`
     is this node's row count: an upper bound of the records it links (empty and duplicate
     keys are dropped first); n, the matched count, is at most that and known only later."""
+    from jointstats.protocols.linked import match, wire
+
     a, b, h = job.left.node, job.right.node, job.helper
     w_u, w_v = job.widths()
     cells = job.width(job.left) * job.width(job.right)
