@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -74,20 +72,14 @@ def _main(
     """jointstats: statistics over several parties' data by secure multi-party computation."""
 
 
-def _serve_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
 @coordinator_app.command("serve")
 def coordinator_serve(
     config: Annotated[Path, typer.Option("--config", "-c", help="coordinator.toml")],
 ) -> None:
     """Serve the coordinator (gRPC over mutual TLS)."""
-    from jointstats.config import CoordinatorConfig
-    from jointstats.coordinator.server import serve
+    from jointstats.serve import run
 
-    _serve_logging()
-    asyncio.run(serve(CoordinatorConfig.load(config)))
+    run("coordinator", config)
 
 
 @node_app.command("serve")
@@ -95,11 +87,9 @@ def node_serve(
     config: Annotated[Path, typer.Option("--config", "-c", help="The node's node.toml.")],
 ) -> None:
     """Run a node: dial the coordinator, decide on offers, take part in MPC sessions."""
-    from jointstats.config import NodeConfig
-    from jointstats.node.server import serve
+    from jointstats.serve import run
 
-    _serve_logging()
-    asyncio.run(serve(NodeConfig.load(config)))
+    run("node", config)
 
 
 @keys_app.command("new")

@@ -19,6 +19,7 @@ ENTRY_POINTS = (
     "jointstats.cli",
     "jointstats.node.server",
     "jointstats.coordinator.server",
+    "jointstats.serve",  # how `jointstats local` starts its nodes and coordinator
     "jointstats.local",  # `jointstats local` starts its processes before it imports more
 )
 
