@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from pathlib import Path
@@ -364,6 +365,17 @@ def local(
     if out_file is not None:
         released.write(out_file)
     _plot(released, plot)
+    _before_exit()
+
+
+def _before_exit() -> None:
+    """A one-shot command is done and its files are closed: move every object out of the
+    garbage collector's reach, so that the interpreter's teardown does not scan pandas' and
+    gRPC's objects for cycles (0.1 s of `jointstats local`). atexit handlers and the flush of
+    stdout and stderr still run; only finalizers of objects in cycles are skipped."""
+    out.file.flush()
+    err.file.flush()
+    gc.freeze()
 
 
 @app.command()
