@@ -48,7 +48,7 @@ from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.policy import check_contribution  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import FileSource, Source, source_for  # noqa: E402
-from jointstats.protocols import parse_job, suppression  # noqa: E402, F401 (scipy preloaded)
+from jointstats.protocols import parse_job  # noqa: E402
 from jointstats.protocols.base import SessionContext  # noqa: E402
 from jointstats.session import SessionSpec  # noqa: E402
 from jointstats.transport import channel_credentials, channel_options  # noqa: E402
@@ -322,7 +322,7 @@ def fork_server(fd: int) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
     listening = bool(server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     if not listening:  # a node's own fork server: it serves many jobs, of both kinds
-        _preload_linked()
+        _preload_for_many_jobs()
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:  # a fork copies no thread: a library's pool would be missing in children
         log.warning("fork server: %d threads after imports", threads)
@@ -338,11 +338,15 @@ def fork_server(fd: int) -> int:
     return 0
 
 
-def _preload_linked() -> None:
-    """Import what a linked session loads (pandas, pyarrow, the linkage code), so that a
-    forked worker does not import it on the analyst's clock (≈0.1-0.2 s CPU). A one-shot run's
-    shared fork server skips it: its one job is often pooled, and its imports are on the clock.
-    Nodes and the coordinator never import these."""
+def _preload_for_many_jobs() -> None:
+    """Import what some sessions load: a linked one pandas, pyarrow and the linkage code, a
+    table with margins or a known total scipy's LP solver (≈0.2 s CPU each), so that a forked
+    worker does not import them on the analyst's clock. A one-shot run's shared fork server
+    skips them: its imports are on the clock of its one job, which may need neither. Nodes and
+    the coordinator never import these."""
+    import scipy.optimize  # noqa: F401
+    import scipy.sparse  # noqa: F401
+
     from jointstats.protocols.linked import compare, fuzzy, program, records, wire  # noqa: F401
 
 

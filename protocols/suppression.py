@@ -56,12 +56,14 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linprog
 
 from jointstats.errors import JobError
+
+if TYPE_CHECKING:  # scipy (≈0.2 s CPU to import) loads when a table has identities to solve
+    from scipy import sparse
 
 __all__ = [
     "AuditResult",
@@ -99,6 +101,8 @@ class TableLayout:
     @cached_property
     def matrix(self) -> sparse.csc_array:
         """A as a sparse (identities x entries) matrix."""
+        from scipy import sparse
+
         rows, cols, data = [], [], []
         for r, identity in enumerate(self.identities):
             for entry, coef in identity:
@@ -195,6 +199,8 @@ class _Tester:
         secondaries and candidates); moving a candidate costs 1 (cell) or 2 (total) per unit,
         an already suppressed entry 0.01 (it keeps the witness sparse, so pruning rechecks
         few entries)."""
+        from scipy import sparse
+
         movable = [*suppressed, *cand]
         n = len(movable)
         cost = [_SUPPRESSED_COST] * len(suppressed)
@@ -266,6 +272,8 @@ class _Tester:
 
 def _solve(c: np.ndarray, a_eq: sparse.sparray, bounds: np.ndarray, b_eq: np.ndarray | None = None):
     """HiGHS through linprog; bounds as an (n, 2) array (much faster to parse than tuples)."""
+    from scipy.optimize import linprog
+
     if b_eq is None:
         b_eq = np.zeros(a_eq.shape[0])
     return linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
