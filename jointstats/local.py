@@ -4,8 +4,10 @@ the tests and the benchmarks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -33,6 +35,112 @@ SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes
 TIMINGS_ENV = "JOINTSTATS_LOCAL_TIMINGS"  # a file: write the start/stop phase clock there
 # `node serve` and `coordinator serve` without the CLI's imports (0.1 s of CPU per process)
 SERVER_MODULE = "jointstats.serve"
+
+
+class ForkedService:
+    """A coordinator or node of a one-shot run, forked by the run's shared fork server (which
+    has their imports loaded) instead of started as a fresh interpreter. It is the fork
+    server's child, not ours: it is signalled and awaited through a pidfd, like
+    `subprocess.Popen` as far as `LocalFederation` uses it. The pidfd arrives when the fork
+    server has done its imports and forked; until then the handle is pending."""
+
+    def __init__(self, launcher: ServiceLauncher) -> None:
+        self._launcher = launcher
+        self._pidfd: int | None = None
+        self._pid = -1
+        self.returncode: int | None = None
+
+    def attach(self, pidfd: int) -> None:
+        from jointstats.node.workers import _pid_of
+
+        self._pidfd, self._pid = pidfd, _pid_of(pidfd)
+
+    def _fd(self) -> int | None:
+        """The pidfd; None when the fork server never started this process."""
+        if self._pidfd is None and self.returncode is None:
+            with contextlib.suppress(PeerError):  # then it counts as exited
+                self._launcher.resolve()
+            if self._pidfd is None:
+                self.returncode = -1
+        return self._pidfd
+
+    @property
+    def pid(self) -> int:
+        self._fd()
+        return self._pid
+
+    def poll(self) -> int | None:
+        """-1 once it has exited (its exit status goes to the fork server), else None."""
+        fd = self._fd()
+        if self.returncode is None and fd is not None and select.select([fd], [], [], 0)[0]:
+            self.returncode = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        fd = self._fd()
+        if self.returncode is None and fd is not None:
+            if not select.select([fd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(f"pid {self._pid}", timeout or 0.0)
+            self.returncode = -1
+        return -1
+
+    def signal(self, sig: int) -> None:
+        """Its process group is itself: its session workers are forked apart."""
+        if self.poll() is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class ServiceLauncher:
+    """Asks a one-shot run's shared fork server to fork `jointstats.serve` processes. Requests
+    are queued at once, while the fork server still imports (nothing waits for it here); its
+    answers, a pidfd each in request order, are read when a handle is first used."""
+
+    def __init__(self, path: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.connect(str(path))
+        self._pending: list[ForkedService] = []
+        self.services: list[ForkedService] = []
+
+    def start(self, argv: list[str], env: dict[str, str], log_path: Path) -> ForkedService:
+        request = json.dumps({"env": env, "argv": argv}).encode()
+        with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
+            socket.send_fds(self._sock, [request], [null.fileno(), log.fileno(), log.fileno()])
+        service = ForkedService(self)
+        self._pending.append(service)
+        self.services.append(service)
+        return service
+
+    def resolve(self) -> None:
+        self._sock.settimeout(START_SECONDS)
+        while self._pending:
+            try:
+                answer, fds, _, _ = socket.recv_fds(self._sock, 1024, 1)
+            except OSError:
+                answer, fds = b"", []
+            if answer != b"ok" or len(fds) != 1:
+                for extra in fds:
+                    os.close(extra)
+                raise PeerError("the fork server did not start the federation's processes")
+            self._pending.pop(0).attach(fds[0])
+
+    def close(self) -> None:
+        self._sock.close()
+        for service in self.services:
+            service.close()
+
+
+def _signal(process: subprocess.Popen | ForkedService, sig: int) -> None:
+    """Signal a started process and its group (a forked service is its own group)."""
+    if isinstance(process, ForkedService):
+        process.signal(sig)
+    else:
+        os.killpg(process.pid, sig)
 
 
 @dataclass
@@ -101,8 +209,9 @@ class LocalFederation:
         self.coordinator_module = coordinator_module
         self.one_shot = workdir is None if one_shot is None else one_shot
         self.clock: dict[str, float] = {"created": time.time()}  # wall clock at each phase
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, subprocess.Popen | ForkedService] = {}
         self._fork_server: subprocess.Popen | None = None
+        self._launcher: ServiceLauncher | None = None  # one-shot: services forked, not started
         self._commands: dict[str, tuple[list[str], str, dict | None]] = {}
         self._node_env: dict[str, str] = {}
         self.client: Client | None = None
@@ -175,6 +284,9 @@ class LocalFederation:
         self, name: str, args: list[str], module: str = SERVER_MODULE, env: dict | None = None
     ) -> None:
         self._commands[name] = (args, module, env)
+        if self._launcher is not None and module == SERVER_MODULE:
+            self.processes[name] = self._launcher.start(args, env or {}, self.log(name))
+            return
         log = open(self.workdir / name / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", module, *args],
@@ -227,6 +339,7 @@ class LocalFederation:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+        self._launcher = ServiceLauncher(path)
         return {SHARED_ENV: str(path), **no_cache}
 
     def _spawn_nodes(self, address: str, env: dict[str, str]) -> None:
@@ -302,11 +415,11 @@ class LocalFederation:
         process = self.processes.get(name)
         if process is None or process.poll() is not None:
             return
-        os.killpg(process.pid, sig)
+        _signal(process, sig)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            _signal(process, signal.SIGKILL)
             process.wait()
 
     def stop(self) -> None:
@@ -322,12 +435,14 @@ class LocalFederation:
         for name in names:  # signal every node first, then wait for them together
             process = self.processes.get(name)
             if process is not None and process.poll() is None:
-                os.killpg(process.pid, sig)
+                _signal(process, sig)
         for name in names:
             self.stop_process(name)
         self.clock["nodes_stopped"] = time.time()
         self.stop_process("coordinator")
         self._stop_fork_server(kill=sig == signal.SIGKILL)
+        if self._launcher is not None:
+            self._launcher.close()
         self.clock["stopped"] = time.time()
         if os.environ.get(TIMINGS_ENV):  # benchmarks: where the start-up time goes
             Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(self.clock))

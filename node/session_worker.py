@@ -323,6 +323,8 @@ def fork_server(fd: int) -> int:
     listening = bool(server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     if not listening:  # a node's own fork server: it serves many jobs, of both kinds
         _preload_for_many_jobs()
+    else:  # a one-shot run's: it also forks that run's coordinator and nodes
+        _preload_services()
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:  # a fork copies no thread: a library's pool would be missing in children
         log.warning("fork server: %d threads after imports", threads)
@@ -350,6 +352,15 @@ def _preload_for_many_jobs() -> None:
     from jointstats.protocols.linked import compare, fuzzy, program, records, wire  # noqa: F401
 
 
+def _preload_services() -> None:
+    """What `jointstats.serve` needs to run a node or a coordinator (a one-shot run forks them
+    from its shared fork server, as workers are: no interpreter start, no imports)."""
+    import jointstats.config  # noqa: F401
+    import jointstats.coordinator.server  # noqa: F401
+    import jointstats.node.server  # noqa: F401
+    import jointstats.serve  # noqa: F401
+
+
 class _Stopped(Exception):
     """SIGTERM reached the fork server."""
 
@@ -367,14 +378,14 @@ def _serve(server: socket.socket, listening: bool) -> None:
                 assert isinstance(sock, socket.socket)
                 if listening and sock is server:
                     selector.register(server.accept()[0], selectors.EVENT_READ)
-                elif not _serve_one(sock, selector):
+                elif not _serve_one(sock, selector, listening):
                     selector.unregister(sock)
                     sock.close()
                     if not listening:
                         return
 
 
-def _serve_one(sock: socket.socket, selector: selectors.BaseSelector) -> bool:
+def _serve_one(sock: socket.socket, selector: selectors.BaseSelector, services: bool) -> bool:
     """Answer one request on `sock`; False when the peer is gone."""
     try:
         message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
@@ -394,7 +405,9 @@ def _serve_one(sock: socket.socket, selector: selectors.BaseSelector) -> bool:
         pid = os.fork()
         if pid == 0:
             sockets = [k.fileobj for k in selector.get_map().values()]
-            _become_worker([s for s in sockets if isinstance(s, socket.socket)], fds, message)
+            _become_worker(
+                [s for s in sockets if isinstance(s, socket.socket)], fds, message, services
+            )
         pidfd = os.pidfd_open(pid)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
@@ -415,8 +428,12 @@ def _reap() -> None:
             pass
 
 
-def _become_worker(sockets: list[socket.socket], fds: list[int], message: bytes) -> None:
-    """In the forked child: take the node's pipes as stdin/stdout/stderr and run `main`."""
+def _become_worker(
+    sockets: list[socket.socket], fds: list[int], message: bytes, services: bool = False
+) -> None:
+    """In the forked child: take the node's pipes as stdin/stdout/stderr and run `main`; or,
+    for a one-shot run's shared fork server (`services`), a request with `argv` runs
+    `jointstats.serve` (that run's coordinator or a node) instead."""
     code = 1
     try:
         for sock in sockets:  # the fork server's sockets are not the worker's business
@@ -428,15 +445,29 @@ def _become_worker(sockets: list[socket.socket], fds: list[int], message: bytes)
         for target, passed in enumerate(fds):
             os.dup2(passed, target)
             os.close(passed)
-        env = json.loads(message)["env"]
-        os.environ.update({str(k): str(v) for k, v in env.items()})
+        request = json.loads(message)
+        os.environ.update({str(k): str(v) for k, v in request["env"].items()})
         # Every fork starts from the fork server's memory: Python's `random` reseeds itself
         # after a fork, numpy's global generator does not. Our protocols and MPyC draw from
         # `secrets` (the OS), but no child should repeat another's "random" numbers.
         numpy.random.seed()
-        code = main()
+        code = _serve_service(request["argv"]) if services and "argv" in request else main()
     finally:
         os._exit(code)
+
+
+def _serve_service(argv: list[str]) -> int:
+    """Run `python -m jointstats.serve ARGV` in this forked child, configured as a fresh
+    interpreter would be (logging, Ctrl-C), and flush its output before the child exits."""
+    from jointstats import serve
+
+    logging.getLogger().handlers.clear()  # the fork server's format is not the service's
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return serve.main([str(arg) for arg in argv])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":
