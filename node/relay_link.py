@@ -44,9 +44,12 @@ HANDSHAKE = "HANDSHAKE"  # the signed hello that opens each pair's sealed channe
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # one sealed message, reassembled from chunks
 MAX_BUFFERED_BYTES = 512 * 1024 * 1024  # received from one peer, not yet read by the session
 MAX_EARLY_BYTES = 1024 * 1024  # the same, before the peer's handshake is accepted
-BATCH_BYTES = 1024 * 1024  # a batch is sealed once it holds this much (large bodies go alone)
+BATCH_BYTES = CHUNK_BYTES - 64  # sealed (+ its tag) once it holds this much: one relay frame
 ENTRY = struct.Struct("<BI")  # an entry's header in a sealed frame: kind, body length
 TAG_BYTES = 16  # ChaCha20-Poly1305's tag, one per sealed frame
+# What one held item (an MPC step's payload, a DATA message, an early frame) counts at least
+# against the buffer limits: its Python objects cost memory even when its body is empty.
+ITEM_BYTES = 64
 CLOSE_SECONDS = 5.0
 
 
@@ -64,7 +67,7 @@ class _ReadQueue(asyncio.Queue):
 
     def _get(self) -> bytes:  # asyncio.Queue's hook, as in LifoQueue and PriorityQueue
         item = super()._get()
-        self._on_read(len(item))
+        self._on_read(len(item) + ITEM_BYTES)
         return item
 
 
@@ -140,7 +143,7 @@ class PeerLink:
         if payload is None:
             payload = self.buffers[pc] = self._link.loop.create_future()
         elif isinstance(payload, bytes):
-            self._read(len(payload))
+            self._read(len(payload) + ITEM_BYTES)
         return payload
 
     def close_connection(self) -> None:
@@ -159,7 +162,7 @@ class PeerLink:
             self.handshake.set_result(message)
         elif not self.seal.ready:
             self._early.append(message)
-            self._held += len(message)
+            self._held += len(message) + ITEM_BYTES
         else:
             self._on_sealed(message)
             self._check_buffered()
@@ -168,7 +171,7 @@ class PeerLink:
         self.seal.accept_hello(hello, peer_sign_public)
         early, self._early = self._early, []
         for message in early:
-            self._held -= len(message)
+            self._held -= len(message) + ITEM_BYTES
             self._on_sealed(message)
 
     def _read(self, size: int) -> None:
@@ -197,6 +200,7 @@ class PeerLink:
                 raise PeerError(f"party {self.peer_pid} sent a truncated message")
             self._on_entry(kind, bytes(plaintext[offset : offset + size]))
             offset += size
+            self._check_buffered()  # per entry: a frame may hold millions of tiny ones
 
     def _on_entry(self, kind: int, body: bytes) -> None:
         if kind == MPC:
@@ -206,7 +210,7 @@ class PeerLink:
         elif kind == PRSS and not self.prss.done():
             self.prss.set_result(body)
         elif kind == DATA:
-            self._held += len(body)
+            self._held += len(body) + ITEM_BYTES
             self.data.put_nowait(body)
         elif kind == BYE and not self.bye.done():
             self.bye.set_result(None)
@@ -217,7 +221,7 @@ class PeerLink:
         waiting = self.buffers.pop(pc, None)
         if waiting is None:
             self.buffers[pc] = payload
-            self._held += len(payload)
+            self._held += len(payload) + ITEM_BYTES
         elif isinstance(waiting, asyncio.Future):
             waiting.set_result(payload)
         else:

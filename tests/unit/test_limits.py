@@ -186,3 +186,22 @@ def test_relay_bounds_are_sane_by_default() -> None:
     assert relay.MAX_BACKLOG_BYTES <= 256 * MIB
     assert relay.MAX_BACKLOG_BYTES < relay.MAX_RELAY_BACKLOG_BYTES <= 2048 * MIB
     assert relay_link.MAX_EARLY_BYTES < relay_link.MAX_BUFFERED_BYTES <= 512 * MIB
+
+
+def test_many_tiny_entries_count_against_the_buffer_limit(keys, monkeypatch) -> None:
+    """A hostile peer sends frames of empty DATA entries and MPC entries with empty payloads for
+    steps the runtime has not reached: 5-13 bytes on the wire each, a Python object each at
+    the receiver. Every held item counts at least ITEM_BYTES, so the limit still binds."""
+    monkeypatch.setattr(relay_link, "MAX_BUFFERED_BYTES", 64 * 1024, raising=False)
+    receiver, sender = _pair(keys)
+    receiver.accept_handshake(receiver.handshake.result(), keys[3])
+    empty_data = entry(relay_link.DATA, b"") * 1000
+    empty_mpc = b"".join(entry(MPC, struct.pack("<q", pc)) for pc in range(100_000))
+    with pytest.raises(PeerError, match="over 0.0625 MiB wait"):
+        for _ in range(20):
+            receiver.on_chunk(sender.seal(empty_data), True)
+    receiver, sender = _pair(keys)
+    receiver.accept_handshake(receiver.handshake.result(), keys[3])
+    with pytest.raises(PeerError, match="over 0.0625 MiB wait"):
+        receiver.on_chunk(sender.seal(empty_mpc), True)
+    assert len(receiver.buffers) < 64 * 1024 // relay_link.ITEM_BYTES + 2
