@@ -126,7 +126,13 @@ class ServiceLauncher:
             if answer != b"ok" or len(fds) != 1:
                 for extra in fds:
                     os.close(extra)
-                raise PeerError("the fork server did not start the federation's processes")
+                for service in self._pending:  # none of them will start: once, not each
+                    service.returncode = -1
+                self._pending.clear()
+                raise PeerError(
+                    "the fork server did not start the federation's processes (see its log, "
+                    "forkserver.log, with --workdir)"
+                )
             self._pending.pop(0).attach(fds[0])
 
     def close(self) -> None:
@@ -377,6 +383,7 @@ class LocalFederation:
         except PeerError:
             for node in self.nodes:  # the port was taken: let the coordinator pick one
                 self.stop_process(node.name)
+            self.stop_process("coordinator")  # (or it was too slow: never leave it running)
             self._write_configs("127.0.0.1:0")
             self._spawn_coordinator()
             self.address = self._wait_for_port()
@@ -502,13 +509,17 @@ def _kill_when_idle(server: subprocess.Popen, seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.002)
     os.kill(server.pid, signal.SIGSTOP)
-    while _state(server.pid) not in ("T", "Z", "X"):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.001)
-    if _state(server.pid) == "T" and _children(server.pid) == []:
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait()
-        return True
-    os.kill(server.pid, signal.SIGCONT)
-    return False
+    killed = False
+    try:
+        while _state(server.pid) not in ("T", "Z", "X"):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        if _state(server.pid) == "T" and _children(server.pid) == []:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()
+            killed = True
+    finally:
+        if not killed:  # never leave it stopped (Ctrl-C included)
+            os.kill(server.pid, signal.SIGCONT)
+    return killed

@@ -402,7 +402,15 @@ def _serve_one(sock: socket.socket, selector: selectors.BaseSelector, services: 
     # of a child that exits at once before we hold it
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN, ENOMEM: refuse this request, keep serving
+            log.warning("fork server: fork failed: %s", exc)
+            for passed in fds:
+                os.close(passed)
+            with contextlib.suppress(OSError):
+                sock.send(b"error: fork failed")
+            return True
         if pid == 0:
             sockets = [k.fileobj for k in selector.get_map().values()]
             _become_worker(
@@ -465,6 +473,9 @@ def _serve_service(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return serve.main([str(arg) for arg in argv])
+    except BaseException:  # as a fresh interpreter would: the traceback in the log
+        traceback.print_exc()
+        return 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
