@@ -31,6 +31,7 @@ from typing import Any
 
 _MPYC_ARGV = ["jointstats-session", "--mix32-64bit", "--no-log"]
 _saved_argv, sys.argv = sys.argv, _MPYC_ARGV
+import cryptography.hazmat.backends.openssl.backend  # noqa: E402, F401 (X25519 loads it late)
 import grpc  # noqa: E402
 import numpy  # noqa: E402
 from mpyc import asyncoro, mpctools, random, secgroups, seclists, secpols, sectypes, statistics  # noqa: E402
@@ -48,7 +49,7 @@ from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.policy import check_contribution  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import FileSource, Source, source_for  # noqa: E402
-from jointstats.protocols import parse_job  # noqa: E402
+from jointstats.protocols import parse_job, suppression  # noqa: E402, F401 (preloaded)
 from jointstats.protocols.base import SessionContext  # noqa: E402
 from jointstats.session import SessionSpec  # noqa: E402
 from jointstats.transport import channel_credentials, channel_options  # noqa: E402
