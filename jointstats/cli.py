@@ -348,7 +348,13 @@ def local(
     nodes: dict[str, LocalNode] = {}
     for option in node:
         parse_node_option(option, nodes)
-    federation = LocalFederation(list(nodes.values()), workdir, session_timeout=timeout)
+    disclosure = doc.get("disclosure")
+    heavy = doc.get("kind") == "linked_crosstab" or (
+        isinstance(disclosure, dict) and bool(disclosure.get("margins"))
+    )
+    federation = LocalFederation(
+        list(nodes.values()), workdir, session_timeout=timeout, preload_all=heavy
+    )
     try:
         with err.status("starting coordinator and nodes"):
             federation.launch()

@@ -199,6 +199,7 @@ class LocalFederation:
         session_timeout: float = 300.0,
         coordinator_module: str = SERVER_MODULE,
         one_shot: bool | None = None,
+        preload_all: bool = False,
     ) -> None:
         """`one_shot` (default: no `workdir` given, so nothing is kept): the nodes share one
         fork server for their session workers and keep no columnar copy of CSV files, which
@@ -214,6 +215,9 @@ class LocalFederation:
         self.session_timeout = session_timeout
         self.coordinator_module = coordinator_module
         self.one_shot = workdir is None if one_shot is None else one_shot
+        # a one-shot run whose job is linked or has margins: its fork server preloads what the
+        # workers would each import (pandas, pyarrow, the linkage code, scipy's LP solver)
+        self.preload_all = preload_all
         self.clock: dict[str, float] = {"created": time.time()}  # wall clock at each phase
         self.processes: dict[str, subprocess.Popen | ForkedService] = {}
         self._fork_server: subprocess.Popen | None = None
@@ -329,7 +333,14 @@ class LocalFederation:
         no_cache = {"JOINTSTATS_CSV_CACHE": "0"}
         if len(str(path)) > SOCKET_PATH_MAX:
             return no_cache
-        from jointstats.node.workers import SHARED_ENV, SINGLE_THREAD_ENV, WORKER_MODULE
+        from jointstats.node.workers import (
+            PRELOAD_ENV,
+            SHARED_ENV,
+            SINGLE_THREAD_ENV,
+            WORKER_MODULE,
+        )
+
+        preload = {PRELOAD_ENV: "all"} if self.preload_all else {}
 
         path.unlink(missing_ok=True)
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
@@ -339,7 +350,7 @@ class LocalFederation:
                 self._fork_server = subprocess.Popen(
                     [sys.executable, "-m", WORKER_MODULE, "--fork-server", str(listener.fileno())],
                     pass_fds=[listener.fileno()],
-                    env={**os.environ, **SINGLE_THREAD_ENV},
+                    env={**os.environ, **SINGLE_THREAD_ENV, **preload},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -49,6 +49,7 @@ from jointstats.keys import Identity, Roster  # noqa: E402
 from jointstats.node.policy import check_contribution  # noqa: E402
 from jointstats.node.relay_link import RelayLink  # noqa: E402
 from jointstats.node.sources import FileSource, Source, source_for  # noqa: E402
+from jointstats.node.workers import PRELOAD_ENV  # noqa: E402
 from jointstats.protocols import parse_job, suppression  # noqa: E402, F401 (preloaded)
 from jointstats.protocols.base import SessionContext  # noqa: E402
 from jointstats.session import SessionSpec  # noqa: E402
@@ -322,9 +323,11 @@ def fork_server(fd: int) -> int:
     server = socket.socket(fileno=fd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s session %(levelname)s %(message)s")
     listening = bool(server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    if not listening:  # a node's own fork server: it serves many jobs, of both kinds
+    # a node's own fork server serves many jobs, of both kinds; a one-shot run's only when
+    # its job needs it (a linked job, margins), and it also forks that run's services
+    if not listening or os.environ.get(PRELOAD_ENV) == "all":
         _preload_for_many_jobs()
-    else:  # a one-shot run's: it also forks that run's coordinator and nodes
+    if listening:
         _preload_services()
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:  # a fork copies no thread: a library's pool would be missing in children

@@ -34,6 +34,7 @@ FORKED_SPARES = 1  # forked workers start at once; one spare keeps its TLS chann
 SPARES_ENV = "JOINTSTATS_SPARE_WORKERS"  # overrides the spare count (0: start on demand)
 FORK_ENV = "JOINTSTATS_FORK_SERVER"  # "0": start every worker as a fresh interpreter
 SHARED_ENV = "JOINTSTATS_FORK_SERVER_SOCKET"  # a listening fork server to use (local runs)
+PRELOAD_ENV = "JOINTSTATS_FORK_PRELOAD"  # "all": a shared fork server preloads like a node's
 CACHE_ENV = "JOINTSTATS_CSV_CACHE"  # "0": no columnar copies of CSV sources
 CACHE_DIR_ENV = "JOINTSTATS_CSV_CACHE_DIR"  # where a worker keeps them (session_worker.py)
 RESULT_LIMIT_BYTES = 64 * 1024 * 1024  # the worker's one-line answer
