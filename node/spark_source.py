@@ -3,7 +3,8 @@
 ```toml
 [datasets.registry]
 engine = "spark"
-master = "local[*]"                 # or spark://host:7077, yarn, k8s://...
+master = "local[*]"                 # or spark://host:7077, yarn, k8s://..., or a Spark
+                                    # Connect server: sc://host:15002 (warm, no JVM per job)
 path = "/data/registry/"            # Parquet file or folder; or uri = "s3a://lake/registry/"
                                     # or table = "db.registry" (Spark's catalog)
 conf = { "spark.executor.memory" = "8g" }
@@ -61,7 +62,7 @@ from jointstats.protocols.filters import Bands, Condition
 
 log = logging.getLogger(__name__)
 
-SPARK_KEYS = {"engine", "master", "table", "path", "uri", "columns", "conf"}
+SPARK_KEYS = {"engine", "master", "master_env", "table", "path", "uri", "columns", "conf"}
 INSTALL_PYSPARK = 'engine = "spark" needs pyspark: pip install "jointstats[spark]"'
 INSTALL_JAVA = (
     'engine = "spark" needs Java 17 or later: install a JRE (Debian: apt-get install '
@@ -91,6 +92,7 @@ logger.gateway.level = error
 # A JVM that exits at start on a busy machine (seen once in CI, cause unknown) gets one more try;
 # a real misconfiguration fails twice, in a few seconds.
 START_ATTEMPTS = 2
+CONNECT_RETRIES = 3  # for an unavailable Spark Connect server: a few seconds of waits
 NUMBER_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
 
 _lock = threading.Lock()
@@ -138,6 +140,54 @@ def _number(column: str) -> str:
 
 def _param(name: str) -> str:
     return f":{name}"
+
+
+def _is_connect(master: str) -> bool:
+    return master.startswith("sc://")
+
+
+def shown_master(master: str) -> str:
+    """A master URL as messages show it: a Spark Connect URL without its parameters
+    (`;token=...`, `;user_id=...`) and without user:password@."""
+    if not _is_connect(master):
+        return master
+    host = urlsplit(master.split(";", 1)[0]).netloc.rpartition("@")[2]
+    return f"sc://{host}"
+
+
+def _connect(dataset: str, master: str, conf: dict[str, str]) -> Any:
+    """A session on a Spark Connect server: the cluster's long-running driver does the work,
+    so no JVM starts here (a warm Spark for every job). `conf` sets session options."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError(f"dataset {dataset}: {INSTALL_PYSPARK}") from None
+    try:
+        with warnings.catch_warnings():  # pyspark's pandas notice and retry warnings
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            builder = SparkSession.builder.remote(master)
+            for key, value in conf.items():
+                builder = builder.config(key, value)
+            session = builder.getOrCreate()
+            session.client.set_retry_policies([_retry_policy()])
+            session.sql("SELECT 1").collect()  # the server answers, or we say so now
+    except Exception as exc:  # unreachable, refused, a bad token or option
+        log.warning("dataset %s: Spark Connect did not answer: %r", dataset, exc)
+        raise ConfigError(
+            f"dataset {dataset}: the Spark Connect server {shown_master(master)} did not "
+            "answer (is it running, and are the address and token right? details in the "
+            "node's log)"
+        ) from None
+    return session
+
+
+def _retry_policy() -> Any:
+    """Retries for an unavailable Spark Connect server: a few, within seconds (pyspark's
+    default keeps trying for at least 10 minutes, longer than an analyst waits)."""
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    return DefaultPolicy(max_retries=CONNECT_RETRIES, initial_backoff=250, max_backoff=2000)
 
 
 def _is_local(master: str) -> bool:
@@ -198,27 +248,40 @@ def spark_session(dataset: str, master: str, conf: dict[str, str]) -> Any:
     Spark dataset used; every Spark dataset of a node must name the same master."""
     with _lock:
         session = _spark.get("session")
-        if session is not None and session.sparkContext._jsc is None:  # stopped
+        if session is not None and not _alive(session):
             session = None
         if session is None:
-            session = _spark["session"] = _start(dataset, master, conf)
-        elif session.sparkContext.master != master:
+            start = _connect if _is_connect(master) else _start
+            session = _spark["session"] = start(dataset, master, conf)
+            _spark["master"] = master
+        elif _spark.get("master") != master:
             raise ConfigError(
-                f"dataset {dataset}: master {master} differs from another Spark dataset's; "
+                f"dataset {dataset}: master {shown_master(master)} differs from another Spark "
+                "dataset's; "
                 "a node uses one Spark master"
             )
         return session
+
+
+def _alive(session: Any) -> bool:
+    """False for a session that was stopped (a local one's context is gone)."""
+    if _is_connect(_spark.get("master", "")):
+        return not getattr(session, "is_stopped", False)
+    return session.sparkContext._jsc is not None
 
 
 def stop_spark() -> None:
     """Stop this process's Spark session and its JVM (tests, benchmarks; nodes just exit)."""
     with _lock:
         session = _spark.pop("session", None)
+        master = _spark.pop("master", "")
         if session is None:
             return
+        session.stop()
+        if _is_connect(master):
+            return  # the server's JVM is not ours
         from pyspark import SparkContext
 
-        session.stop()
         gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
         if gateway is not None:
             gateway.shutdown()
@@ -380,11 +443,11 @@ class SparkSource(SchemaChecks):
         ]  # fmt: skip
         if self.path is not None:
             kind = "folder" if self.path.is_dir() else "file"
-            where = f"Parquet {kind} {self.path} through Spark ({self.master})"
+            where = f"Parquet {kind} {self.path} through Spark ({shown_master(self.master)})"
         elif self.uri is not None:
-            where = f"Parquet at {_shown_uri(self.uri)} through Spark ({self.master})"
+            where = f"Parquet at {_shown_uri(self.uri)} through Spark ({shown_master(self.master)})"
         else:
-            where = f"Spark table {self.table} ({self.master})"
+            where = f"Spark table {self.table} ({shown_master(self.master)})"
         return DatasetSummary(self.dataset, where, int(row[0]), columns)
 
 
@@ -398,17 +461,35 @@ def _conf(dataset: str, spec: Any) -> dict[str, str]:
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.items()}
 
 
+def _master(dataset: str, spec: dict[str, Any]) -> str:
+    """`master`, or the environment variable `master_env` names: a Spark Connect URL with a
+    token is a secret, kept out of node.toml as a database password is (`url_env`)."""
+    if "master_env" in spec:
+        name = spec["master_env"]
+        if "master" in spec or not isinstance(name, str) or not os.environ.get(name, "").strip():
+            raise ConfigError(
+                f"dataset {dataset}: `master_env` names an environment variable that holds the "
+                "master URL (set it for the node; give `master` or `master_env`, not both)"
+            )
+        return os.environ[name].strip()
+    master = spec.get("master")
+    if not isinstance(master, str) or not master.strip():
+        raise ConfigError(f'dataset {dataset}: `master` is the Spark master, e.g. "local[*]"')
+    if _is_connect(master) and "token=" in master:
+        raise ConfigError(
+            f"dataset {dataset}: a Spark Connect URL with a token is a secret: put it in an "
+            "environment variable and name it with `master_env`"
+        )
+    return master
+
+
 def spark_source(dataset: str, spec: dict[str, Any]) -> SparkSource:
     """A SparkSource from a `[datasets.NAME]` table with `engine = "spark"` (docs/sources.md);
     nothing is started until the dataset is used."""
     unknown = set(spec) - SPARK_KEYS
     if unknown:
         raise ConfigError(f"dataset {dataset}: unknown field(s) {', '.join(sorted(unknown))}")
-    master = spec.get("master")
-    if not isinstance(master, str) or not master.strip():
-        raise ConfigError(f'dataset {dataset}: `master` is the Spark master, e.g. "local[*]"')
-    if master.startswith("sc://"):
-        raise ConfigError(f"dataset {dataset}: Spark Connect (sc://) is not supported yet")
+    master = _master(dataset, spec)
     given = [k for k in ("table", "path", "uri") if k in spec]
     if len(given) != 1 or not isinstance(spec[given[0]], str) or not spec[given[0]].strip():
         raise ConfigError(

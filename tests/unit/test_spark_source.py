@@ -203,8 +203,9 @@ def test_errors_are_one_value_free_line(parquet, tmp_path):
         ({"master": "local[*]"}, "give exactly one of `table`, `path` or `uri`"),
         ({"master": "local[*]", "path": "x", "table": "t"}, "give exactly one of `table`,"),
         ({"master": "local[*]", "uri": "lake/x"}, "`uri` is a URL such as hdfs://"),
-        ({"master": "sc://host", "table": "t"}, "Spark Connect (sc://) is not supported"),
         ({"master": "local", "table": "t", "query": "SELECT 1"}, "unknown field(s) query"),
+        ({"master": "sc://lake:15002/;token=T", "table": "t"}, "name it with `master_env`"),
+        ({"master_env": "JOINTSTATS_NO_SUCH_VAR", "table": "t"}, "`master_env` names an"),
         ({"master": "local", "table": "t", "conf": {"a": [1]}}, "`conf` maps Spark settings"),
         ({"master": "local", "table": "t", "columns": {"a": "int"}}, "type must be one of"),
     ],
@@ -222,3 +223,22 @@ def test_missing_java_or_pyspark_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyspark", None)
     with pytest.raises(ConfigError, match=r'needs pyspark: pip install "jointstats\[spark\]"'):
         spark._start("d", "local[1]", {})
+
+
+def test_an_unreachable_spark_connect_server_is_one_line_without_its_token():
+    """No JVM here: a Spark Connect master is a gRPC client of a server that is not there. The
+    answer comes in seconds (pyspark alone retries for ten minutes) and hides the token."""
+    with pytest.raises(ConfigError) as error:
+        spark._connect("d", "sc://127.0.0.1:1/;token=SECRET-TOKEN;user_id=me", {})
+    text = str(error.value)
+    assert "the Spark Connect server sc://127.0.0.1:1 did not answer" in text
+    assert "SECRET" not in text and "\n" not in text
+    assert spark.shown_master("sc://u:pw@lake:15002/;token=T") == "sc://lake:15002"
+    assert spark.shown_master("local[2]") == "local[2]"
+
+
+def test_a_spark_connect_url_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LAKE_SPARK", "sc://lake:15002/;token=SECRET")
+    source = source_for("d", {"engine": "spark", "master_env": "LAKE_SPARK", "table": "t"})
+    assert source.master == "sc://lake:15002/;token=SECRET"
+    assert "SECRET" not in spark.shown_master(source.master)
