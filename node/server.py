@@ -41,10 +41,20 @@ from .policy import (
     needs_approval,
 )
 from .state import NodeState
-from .workers import WorkerPool
+from .workers import PRELOAD_ENV, WorkerPool
 
 log = logging.getLogger(__name__)
 BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _uses_spark_connect(datasets: dict[str, dict[str, Any]]) -> bool:
+    """Whether a dataset may be served by a Spark Connect server (sc://, or a master URL
+    from the environment)."""
+    return any(
+        spec.get("engine") == "spark"
+        and ("master_env" in spec or str(spec.get("master", "")).startswith("sc://"))
+        for spec in datasets.values()
+    )
 
 
 class Node:
@@ -59,6 +69,8 @@ class Node:
             "JOINTSTATS_PRECONNECT_KEYS": str(config.keys),
             "JOINTSTATS_PRECONNECT_ROSTER": str(config.roster),
         }
+        if _uses_spark_connect(config.datasets):  # its fork server loads the client once
+            preconnect[PRELOAD_ENV] = "spark-connect"
         self.pool = WorkerPool(config.state_dir / "sessions.log", preconnect)
         self.state = NodeState(config.state_dir / "node.sqlite")
         self.audit = AuditLog(config.state_dir / "audit.jsonl", self.identity, config.name)

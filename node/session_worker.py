@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,8 @@ def fork_server(fd: int) -> int:
     # its job needs it (a linked job, margins), and it also forks that run's services
     if not listening or os.environ.get(PRELOAD_ENV) == "all":
         _preload_for_many_jobs()
+    if "spark-connect" in os.environ.get(PRELOAD_ENV, "").split(","):
+        _preload_spark_connect()
     if listening:
         _preload_services()
     threads = len(os.listdir("/proc/self/task"))
@@ -354,6 +357,15 @@ def _preload_for_many_jobs() -> None:
     import scipy.sparse  # noqa: F401
 
     from jointstats.protocols.linked import compare, fuzzy, program, records, wire  # noqa: F401
+
+
+def _preload_spark_connect() -> None:
+    """pyspark's Spark Connect client (≈0.4 s of imports), for a node with an sc:// dataset:
+    a gRPC client that starts no thread and no JVM until a worker connects."""
+    with warnings.catch_warnings():  # pyspark's notice about the pandas version
+        warnings.simplefilter("ignore", FutureWarning)
+        import pyspark.sql.connect.client.retries  # noqa: F401
+        import pyspark.sql.connect.session  # noqa: F401
 
 
 def _preload_services() -> None:
