@@ -51,9 +51,9 @@ class ForkedService:
         self.returncode: int | None = None
 
     def attach(self, pidfd: int) -> None:
-        from jointstats.node.workers import _pid_of
+        from jointstats.node.workers import pid_of
 
-        self._pidfd, self._pid = pidfd, _pid_of(pidfd)
+        self._pidfd, self._pid = pidfd, pid_of(pidfd)
 
     def _fd(self) -> int | None:
         """The pidfd; None when the fork server never started this process."""

@@ -351,8 +351,8 @@ def _preload_for_many_jobs() -> None:
     """Import what some sessions load: a linked one pandas, pyarrow and the linkage code, a
     table with margins or a known total scipy's LP solver (≈0.2 s CPU each), so that a forked
     worker does not import them on the analyst's clock. A one-shot run's shared fork server
-    skips them: its imports are on the clock of its one job, which may need neither. Nodes and
-    the coordinator never import these."""
+    loads them only when its one job needs them (`PRELOAD_ENV` = "all"): its imports are on
+    that job's clock. Nodes and the coordinator never import these."""
     import scipy.optimize  # noqa: F401
     import scipy.sparse  # noqa: F401
 

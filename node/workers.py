@@ -66,7 +66,7 @@ class ForkedProcess:
     ) -> None:
         self.pidfd, self.stdin, self.stdout = pidfd, stdin, stdout
         self.returncode: int | None = None
-        self.pid = _pid_of(pidfd)
+        self.pid = pid_of(pidfd)
 
     @classmethod
     async def attach(cls, pidfd: int, stdin_fd: int, stdout_fd: int) -> ForkedProcess:
@@ -99,7 +99,7 @@ class ForkedProcess:
         return self.returncode
 
 
-def _pid_of(pidfd: int) -> int:
+def pid_of(pidfd: int) -> int:
     """The pid behind a pidfd, for logs and tests (/proc/self/fdinfo)."""
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/self/fdinfo/{pidfd}").read_text().splitlines():

@@ -13,13 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from jointstats.local import LocalFederation, LocalNode
-from tests.integration.test_spark_federation import BANDS, LINKED, POOLED, REGIONS, _banded, _people
-from tests.plaintext import expected_crosstab
+from tests.spark_case import LINKED, POOLED, check_linked, check_pooled, run_job, write_people
 from tests.system import need_java
 
 START_SECONDS = 180.0
@@ -80,14 +77,7 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, connect_server) -> Iterator[tuple]:
     root = tmp_path_factory.mktemp("spark-connect-fed")
-    rng = np.random.default_rng(2027)
-    people = rng.permutation(1500)
-    lake, ngo = _people(rng, people[:700]), _people(rng, people[300:900])
-    (root / "lake").mkdir()
-    stored = lake.assign(id=[f" {i.upper()} " for i in lake["id"]])
-    stored.iloc[:350].to_parquet(root / "lake" / "part-0.parquet")
-    stored.iloc[350:].to_parquet(root / "lake" / "part-1.parquet")
-    ngo.to_csv(root / "ngo.csv", index=False)
+    lake, ngo = write_people(root, seed=2027)
     spark = {"engine": "spark", "master": connect_server, "path": str(root / "lake")}
     nodes = [
         LocalNode("lake", {"people": spark}),
@@ -100,28 +90,6 @@ def federation(tmp_path_factory, connect_server) -> Iterator[tuple]:
 
 def test_a_spark_connect_node_in_pooled_and_linked_crosstabs(federation):
     fed, lake, ngo = federation
-    pooled = pd.concat([lake, ngo])
-    kept = _banded(pooled[pooled["status"].isin(["idp", "returnee"])])
-    expected = expected_crosstab(
-        kept, POOLED["by"], {"region": REGIONS, "age": BANDS}, 10, weight="w"
-    )
-    released = ~expected["suppressed"]
-    assert released.any() and not released.all()
     for _ in range(2):  # the second job finds the server warm: no JVM starts at the node
-        table = fed.client.run(POOLED, timeout=180).table
-        assert list(table["suppressed"]) == list(expected["suppressed"])
-        assert list(table.loc[released, "count"]) == list(expected.loc[released, "count"])
-        np.testing.assert_allclose(
-            table.loc[released, "weighted_count"].to_numpy(float),
-            expected.loc[released, "weighted_count"],
-            atol=1e-5,
-        )
-    result = fed.client.run(LINKED, timeout=180)
-    right = ngo[ngo["status"].isin(["idp", "returnee"])]
-    merged = _banded(lake)[["id", "age"]].merge(right[["id", "status"]], on="id")
-    domains = {"age": BANDS, "status": ["idp", "returnee"]}
-    expected = expected_crosstab(merged, ["age", "status"], domains, min_cell=5)
-    assert result.metadata["matched"] == len(merged) > 0
-    shown = ~expected["suppressed"]
-    assert list(result.table["suppressed"]) == list(expected["suppressed"])
-    assert list(result.table.loc[shown, "count"]) == list(expected.loc[shown, "count"])
+        check_pooled(run_job(fed, POOLED), lake, ngo)
+    check_linked(run_job(fed, LINKED), lake, ngo)
